@@ -1,0 +1,78 @@
+"""The application factory: builds the parts, wires the routes, runs start-up and shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.exceptions import HTTPException
+
+from balancer import __version__
+from balancer.demo import DEMO_MODEL, DemoWorkers
+from balancer.config import Settings
+from balancer.errors import BalancerError
+from balancer.forwarding import Forwarder
+from balancer.logging import get_logger
+from balancer.middleware import RequestContextMiddleware
+from balancer.registry import Registry, Store, WorkerSpec, open_store
+from balancer.responses import handle_balancer_error, handle_http_error, handle_unexpected_error
+from balancer.routes import admin, openai, ops, seed
+from balancer.selection import Selector
+from balancer.services import Services
+from balancer.transport import AiohttpTransport, Transport
+
+log = get_logger("balancer.app")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    static_workers: Sequence[WorkerSpec] = (),
+    demo: bool = False,
+    store: Store | None = None,
+    transport: Transport | None = None,
+) -> FastAPI:
+    store = store if store is not None else open_store(settings.store)
+    transport = transport if transport is not None else AiohttpTransport()
+    registry = Registry(store)
+    selector = Selector()
+    forwarder = Forwarder(registry, selector, transport, max_retries=settings.max_retries)
+    svc = Services(settings, store, registry, selector, transport, forwarder)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        loaded = await registry.load()
+        for spec in static_workers:
+            await registry.register(spec)
+        demo_workers = DemoWorkers() if demo else None
+        if demo_workers is not None:
+            for spec in await demo_workers.start():
+                await registry.register(spec)
+            log.info("demo_started", model=DEMO_MODEL, workers=len(registry.workers_of(DEMO_MODEL) or []))
+        if settings.admin_token is None:
+            log.warning("admin_open_to_loopback",
+                        hint="BALANCER_ADMIN_TOKEN is unset: register/offline accept loopback "
+                             "clients only; set a token to manage workers remotely")
+        log.info("started", version=__version__, host=settings.host, port=settings.port,
+                 store=settings.store, workers_loaded=loaded, workers=len(registry))
+        try:
+            yield
+        finally:
+            # Requests in flight have drained by now (uvicorn waits for them first).
+            if demo_workers is not None:
+                await demo_workers.stop()
+            await transport.close()
+            await store.close()
+            log.info("stopped")
+
+    app = FastAPI(title="llm-balancer", version=__version__, lifespan=lifespan)
+    app.state.services = svc
+    app.add_middleware(RequestContextMiddleware)
+    app.add_exception_handler(BalancerError, handle_balancer_error)
+    app.add_exception_handler(HTTPException, handle_http_error)
+    app.add_exception_handler(Exception, handle_unexpected_error)
+    for module in (admin, seed, openai, ops):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,139 @@
+"""The `balancer` command: `serve` the balancer, or run a `fake-worker`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from balancer import __version__
+from balancer.config import ConfigError, Settings, load_settings, read_config_file, settings_reference
+from balancer.errors import BadRequest
+from balancer.registry import WorkerSpec, parse_spec
+
+_SERVE_OWN_FLAGS = ("host", "port")
+
+_EPILOG = """\
+settings (flag --name beats env BALANCER_NAME beats `name:` in the --config YAML file):
+{reference}
+
+The YAML file may also hold `workers:`, a list of registrations (the fields of
+POST /api/server/register), upserted at start-up.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    epilog = _EPILOG.format(reference=settings_reference())
+    parser = argparse.ArgumentParser(
+        prog="balancer",
+        description="A health-checked load balancer for LLM inference workers.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the balancer", epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the balancer (uvicorn with uvloop and httptools). SIGTERM drains "
+        "requests in flight, then exits 0.",
+    )
+    serve.add_argument("--host", help="address to listen on [default: 127.0.0.1]")
+    serve.add_argument("--port", type=int, help="port to listen on [default: 8007]")
+    serve.add_argument("--config", metavar="FILE", help="YAML file with settings and workers")
+    serve.add_argument(
+        "--demo", action="store_true",
+        help="also start three fake workers (fast, slow, flaky) as model 'demo', with an "
+        "in-memory registry unless --store or BALANCER_STORE is given",
+    )
+    for name, field in Settings.model_fields.items():
+        if name in _SERVE_OWN_FLAGS:
+            continue
+        serve.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
+                           help=field.description)
+
+    fake = commands.add_parser("fake-worker", help="run a fake LLM worker (for demos and tests)")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8101)
+    fake.add_argument("--name", default="fake", help="shown in every answer: [name] prompt")
+    fake.add_argument("--latency", type=float, default=0.0, help="seconds before answering")
+    fake.add_argument("--fail-rate", type=float, default=0.0, help="fraction answered with 500")
+    fake.add_argument("--chunks", type=int, default=8, help="chunks per streamed answer")
+    fake.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "fake-worker":
+        from balancer.fake_worker import Behaviour, run
+
+        run(args.host, args.port, Behaviour(
+            name=args.name, latency=args.latency, fail_rate=args.fail_rate,
+            chunks=args.chunks, chunk_delay=args.chunk_delay,
+        ))
+        return 0
+    return _serve(args)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from balancer.logging import configure_logging, get_logger
+
+    try:
+        settings, workers = _load(args)
+    except ConfigError as exc:
+        configure_logging()
+        get_logger("balancer").error("bad_configuration", error=str(exc))
+        return 1
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+
+    import uvicorn
+
+    from balancer.app import create_app
+    from balancer.server import Server
+
+    try:
+        app = create_app(settings, static_workers=workers, demo=args.demo)
+    except ConfigError as exc:
+        get_logger("balancer").error("bad_configuration", error=str(exc))
+        return 1
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
+        access_log=False, log_level=settings.log_level, lifespan="on",
+        timeout_graceful_shutdown=settings.shutdown_grace or None,  # type: ignore[arg-type]
+        server_header=False,
+    )
+    server = Server(config)
+    server.run()
+    return 0 if server.started else 1
+
+
+def _load(args: argparse.Namespace) -> tuple[Settings, list[WorkerSpec]]:
+    file_values: dict[str, Any] = read_config_file(args.config) if args.config else {}
+    raw_workers = file_values.pop("workers", None) or []
+    if not isinstance(raw_workers, list):
+        raise ConfigError("`workers:` in the config file must be a list of registrations")
+    overrides = {
+        name: getattr(args, name)
+        for name in Settings.model_fields
+        if getattr(args, name, None) is not None
+    }
+    if args.demo and "store" not in overrides and "store" not in file_values:
+        import os
+
+        if "BALANCER_STORE" not in os.environ:
+            overrides["store"] = "sqlite:///:memory:"
+    settings = load_settings(file_values=file_values, overrides=overrides)
+    workers = []
+    for index, raw in enumerate(raw_workers):
+        try:
+            workers.append(parse_spec(raw))
+        except BadRequest as exc:
+            raise ConfigError(f"config file workers[{index}]: {exc.message}") from None
+    return settings, workers
+
+
+if __name__ == "__main__":
+    sys.exit(main())

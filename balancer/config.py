@@ -1,0 +1,165 @@
+"""Settings: command-line flags beat `BALANCER_*` environment variables, which beat the YAML file."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_PORT = 8007
+DEFAULT_STORE = "sqlite:///./balancer.db"
+DEFAULT_PROBE_INTERVAL = 5.0
+DEFAULT_WORKER_TIMEOUT = 60.0
+
+ENV_PREFIX = "BALANCER_"
+
+# The YAML file's values for the Settings being built; a ContextVar so the file source has no
+# global state and two loads (e.g. in tests) never see each other's file.
+_file_values: ContextVar[dict[str, Any]] = ContextVar("_file_values", default={})
+
+
+class ConfigError(Exception):
+    """A setting or the config file is wrong; the CLI prints it in one line and exits 1."""
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _file_values.get().get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get())
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. Durations are float seconds."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
+    )
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port to listen on.")
+    store: str = Field(
+        DEFAULT_STORE,
+        description="Where the registry is kept: sqlite:///relative.db, sqlite:////abs.db "
+        "or sqlite:///:memory:.",
+    )
+    admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token required by register/offline. Unset: only loopback "
+        "clients may call them.",
+    )
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys required by the inference APIs. Unset: open.",
+    )
+    probe_interval: float = Field(
+        DEFAULT_PROBE_INTERVAL, gt=0, description="Seconds between health probes of a worker."
+    )
+    probe_timeout: float = Field(2.0, gt=0, description="Seconds one health probe may take.")
+    unhealthy_threshold: int = Field(
+        3, ge=1, description="Consecutive probe failures that eject a worker."
+    )
+    healthy_threshold: int = Field(
+        2, ge=1, description="Consecutive probe successes that return a worker to service."
+    )
+    max_retries: int = Field(
+        2, ge=0, description="Other workers tried after a failed attempt, per request."
+    )
+    shutdown_grace: float = Field(
+        30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM."
+    )
+    log_format: Literal["json", "console"] = Field("json", description="Log format.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [key.strip() for key in value.split(",") if key.strip()]
+        return value
+
+    @field_validator("log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read the YAML config file: settings by lower-case name, plus an optional `workers:` list."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of setting: value")
+    return data
+
+
+def load_settings(
+    *, file_values: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Build Settings from flags (overrides), the environment and the config file's values."""
+    token = _file_values.set(file_values or {})
+    try:
+        return Settings(**(overrides or {}))
+    except ValidationError as exc:
+        raise ConfigError(describe_settings_error(exc)) from None
+    finally:
+        _file_values.reset(token)
+
+
+def describe_settings_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors():
+        name = ".".join(str(loc) for loc in error["loc"]) or "settings"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"unknown setting {name!r} (known: {', '.join(Settings.model_fields)})")
+        else:
+            env = ENV_PREFIX + name.upper()
+            parts.append(f"{name} ({env}): {error['msg']}, got {error.get('input')!r}")
+    return "invalid configuration: " + "; ".join(parts)
+
+
+def settings_reference() -> str:
+    """One line per setting, for `balancer --help` and the README."""
+    lines = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or "(unset)"
+        elif default is None:
+            default = "(unset)"
+        lines.append(
+            f"  {ENV_PREFIX + name.upper():<32} {field.description} [default: {default}]"
+        )
+    return "\n".join(lines)

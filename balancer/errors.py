@@ -1,0 +1,98 @@
+"""The whole exception tree. Each error knows its HTTP status and what it concerns."""
+
+from __future__ import annotations
+
+
+class BalancerError(Exception):
+    """Base of every error we turn into a JSON reply."""
+
+    status_code = 500
+    openai_type = "server_error"
+    openai_code: str | None = None
+
+    def __init__(self, message: str, *, model: str | None = None, worker: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.model = model
+        self.worker = worker
+
+
+class BadRequest(BalancerError):
+    status_code = 400
+    openai_type = "invalid_request_error"
+    openai_code = "invalid_request"
+
+
+class Unauthorized(BalancerError):
+    status_code = 401
+    openai_type = "invalid_request_error"
+    openai_code = "invalid_api_key"
+
+
+class Forbidden(BalancerError):
+    status_code = 403
+    openai_type = "invalid_request_error"
+    openai_code = "forbidden"
+
+
+class NotFound(BalancerError):
+    status_code = 404
+    openai_type = "invalid_request_error"
+    openai_code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    openai_code = "model_not_found"
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"The request model({model}) not exist in llm worker manager", model=model
+        )
+
+
+class WorkerNotFound(NotFound):
+    def __init__(self) -> None:
+        super().__init__("No llm worker to remove.")
+
+
+class PayloadTooLarge(BalancerError):
+    status_code = 413
+    openai_type = "invalid_request_error"
+    openai_code = "payload_too_large"
+
+
+class StoreUnavailable(BalancerError):
+    status_code = 503
+    openai_code = "store_unavailable"
+
+
+class NoWorkerAvailable(BalancerError):
+    """Nothing can serve the model: all ejected, all at capacity, or retries exhausted."""
+
+    status_code = 503
+    openai_code = "no_worker_available"
+
+
+class UpstreamError(BalancerError):
+    """A worker failed to give a usable answer."""
+
+    status_code = 502
+    openai_code = "upstream_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        worker: str | None = None,
+        retryable: bool = False,
+        upstream_status: int | None = None,
+    ):
+        super().__init__(message, model=model, worker=worker)
+        self.retryable = retryable
+        self.upstream_status = upstream_status
+
+
+class UpstreamTimeout(UpstreamError):
+    status_code = 504
+    openai_code = "upstream_timeout"

@@ -1,0 +1,216 @@
+"""What a worker is: its registration (validated once) and its live state."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from balancer.config import DEFAULT_WORKER_TIMEOUT
+from balancer.errors import BadRequest
+from balancer.logging import redact_headers
+from balancer.templating import (
+    USER_PROMPT,
+    ExtractPath,
+    contains_placeholder,
+    parse_extract_path,
+)
+from balancer.types import Api, WorkerStatus
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+# Fields the OperateGPT WorkerConnection accepted that mean nothing here; accepted so existing
+# OperateGPT clients keep working.
+LEGACY_FIELDS = ("worker_type", "is_stream", "req_param")
+
+
+class WorkerSpec(BaseModel):
+    """A registration, as posted to /api/server/register or listed under `workers:`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    model_name: str = Field(min_length=1, max_length=200)
+    req_url_template: str = Field(min_length=1, max_length=4096)
+    body: dict[str, Any] | list[Any] | str | None = None
+    owner: str | None = None
+    response_extract: str | None = None
+    req_type: Literal["POST", "GET"] = "POST"
+    header: dict[str, str] | None = None
+    api: Api = "template"
+    upstream_model: str | None = Field(None, min_length=1)
+    weight: float = Field(1.0, gt=0)
+    health_url: str | None = None
+    timeout: float = Field(DEFAULT_WORKER_TIMEOUT, gt=0)
+    worker_type: str | None = None
+    is_stream: bool | None = None
+    req_param: dict[str, Any] | None = None
+
+    @field_validator("model_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        if any(ord(c) < 32 for c in value):
+            raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("req_type", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("req_url_template", "health_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            normalise_url(value)  # raises ValueError with the reason
+        return value
+
+    @field_validator("weight", "timeout")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+    @field_validator("response_extract")
+    @classmethod
+    def _extract(cls, value: str | None) -> str | None:
+        if value:
+            parse_extract_path(value)
+        return value
+
+    @model_validator(mode="after")
+    def _template_has_prompt(self) -> WorkerSpec:
+        if self.api == "template" and not (
+            contains_placeholder(self.body, USER_PROMPT)
+            or USER_PROMPT in self.req_url_template
+        ):
+            raise ValueError(
+                "a template worker's body (or URL) must contain the placeholder {USER_PROMPT} "
+                'where the prompt goes, e.g. "body": {"input": "{USER_PROMPT}"}; '
+                'for an OpenAI-compatible server register with "api": "openai"'
+            )
+        return self
+
+    @property
+    def url_key(self) -> str:
+        return normalise_url(self.req_url_template)
+
+    @property
+    def worker_id(self) -> str:
+        return worker_id(self.model_name, self.req_url_template)
+
+    @property
+    def target_model(self) -> str:
+        return self.upstream_model or self.model_name
+
+
+def parse_spec(data: Any) -> WorkerSpec:
+    """Validate a registration, turning pydantic's errors into one message that says how to fix it."""
+    if not isinstance(data, dict):
+        raise BadRequest("the request body must be a JSON object with at least model_name and "
+                         "req_url_template")
+    try:
+        return WorkerSpec.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        loc = ".".join(str(x) for x in error["loc"])
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = ", ".join(f for f in WorkerSpec.model_fields if f not in LEGACY_FIELDS)
+            parts.append(f"unknown field {loc!r} (allowed: {allowed})")
+        elif kind == "missing":
+            parts.append(f"{loc} is required")
+        elif loc:
+            msg = error["msg"].removeprefix("Value error, ")
+            parts.append(f"{loc}: {msg} (got {error.get('input')!r})")
+        else:
+            parts.append(error["msg"].removeprefix("Value error, "))
+    return "invalid worker registration: " + "; ".join(parts)
+
+
+def normalise_url(url: str) -> str:
+    """Scheme and host lower-cased, default port and trailing slash dropped.
+
+    Raises ValueError (with the reason) for anything that is not an absolute http(s) URL.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"is not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError("must be an http:// or https:// URL")
+    host = (parts.hostname or "").lower()
+    if not host:
+        raise ValueError("must name a host, e.g. http://127.0.0.1:8000/generate")
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    if parts.username:
+        netloc = f"{parts.username}{':' + parts.password if parts.password else ''}@{netloc}"
+    return urlunsplit((scheme, netloc, parts.path.rstrip("/"), parts.query, ""))
+
+
+def worker_id(model_name: str, url: str) -> str:
+    """A short id, stable across restarts, for a (model, normalised URL) pair."""
+    digest = hashlib.sha1(f"{model_name}\n{normalise_url(url)}".encode()).hexdigest()
+    return digest[:12]
+
+
+@dataclass(eq=False, slots=True)
+class Worker:
+    """A registered worker and its live state (in flight, latency, health)."""
+
+    spec: WorkerSpec
+    extract: ExtractPath | None = None
+    status: WorkerStatus = "unknown"
+    inflight: int = 0
+    latency_ms: float | None = None
+    removed: bool = False
+    id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.id = self.spec.worker_id
+        self.set_spec(self.spec)
+
+    def set_spec(self, spec: WorkerSpec) -> None:
+        self.spec = spec
+        self.extract = parse_extract_path(spec.response_extract) if spec.response_extract else None
+
+    @property
+    def model(self) -> str:
+        return self.spec.model_name
+
+    def describe(self) -> dict[str, Any]:
+        """The listing shown by /api/server/workers, with secret header values redacted."""
+        spec = self.spec
+        return {
+            "id": self.id,
+            "model_name": spec.model_name,
+            "req_url_template": spec.req_url_template,
+            "api": spec.api,
+            "owner": spec.owner,
+            "weight": spec.weight,
+            "status": self.status,
+            "inflight": self.inflight,
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "req_type": spec.req_type,
+            "upstream_model": spec.target_model if spec.api == "openai" else None,
+            "response_extract": spec.response_extract,
+            "header": redact_headers(spec.header),
+            "health_url": spec.health_url,
+            "timeout": spec.timeout,
+        }

@@ -1,0 +1,112 @@
+"""The registry: workers by model, in memory for the hot path, written through to the store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+from balancer.errors import StoreUnavailable, WorkerNotFound
+from balancer.logging import get_logger
+from balancer.registry.models import Worker, WorkerSpec, normalise_url, worker_id
+from balancer.registry.store import Store
+
+log = get_logger("balancer.registry")
+
+Change = Literal["registered", "updated", "removed"]
+Listener = Callable[[Change, Worker], None]
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._by_model: dict[str, list[Worker]] = {}
+        self._by_id: dict[str, Worker] = {}
+        # Writes are serialised so the store and memory always agree on the order of changes.
+        self._write_lock = asyncio.Lock()
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        """Be told of every registration, update and removal (probes and metrics listen)."""
+        self._listeners.append(listener)
+
+    async def load(self) -> int:
+        """Fill memory from the store at start-up."""
+        specs = await self.store.load()
+        for spec in specs:
+            self._put(spec)
+        return len(specs)
+
+    async def register(self, spec: WorkerSpec) -> tuple[Worker, bool]:
+        """Add or update the worker for (model, normalised URL). Returns it and whether it is new."""
+        async with self._write_lock:
+            try:
+                await self.store.upsert(spec.worker_id, spec)
+            except Exception as exc:
+                log.error("store_write_failed", error=repr(exc), model=spec.model_name)
+                raise StoreUnavailable(
+                    "could not save the registration; the registry is unchanged", model=spec.model_name
+                ) from exc
+            return self._put(spec)
+
+    async def remove(self, model_name: str, url: str) -> Worker:
+        """Take a worker offline. Requests already using it finish normally."""
+        try:
+            wid = worker_id(model_name, url)
+        except ValueError:
+            raise WorkerNotFound() from None
+        async with self._write_lock:
+            worker = self._by_id.get(wid)
+            if worker is None:
+                raise WorkerNotFound()
+            try:
+                await self.store.delete(wid)
+            except Exception as exc:
+                log.error("store_write_failed", error=repr(exc), model=model_name)
+                raise StoreUnavailable(
+                    "could not save the removal; the worker is still registered", model=model_name
+                ) from exc
+            del self._by_id[wid]
+            siblings = self._by_model[worker.model]
+            siblings.remove(worker)
+            if not siblings:
+                del self._by_model[worker.model]
+            worker.removed = True
+            self._emit("removed", worker)
+            return worker
+
+    def _put(self, spec: WorkerSpec) -> tuple[Worker, bool]:
+        existing = self._by_id.get(spec.worker_id)
+        if existing is not None:
+            existing.set_spec(spec)
+            self._emit("updated", existing)
+            return existing, False
+        worker = Worker(spec)
+        self._by_id[worker.id] = worker
+        self._by_model.setdefault(worker.model, []).append(worker)
+        self._emit("registered", worker)
+        return worker, True
+
+    def _emit(self, change: Change, worker: Worker) -> None:
+        for listener in self._listeners:
+            listener(change, worker)
+
+    def workers_of(self, model: str) -> list[Worker] | None:
+        """The model's workers (the live list: do not modify), or None for an unknown model."""
+        return self._by_model.get(model)
+
+    def get(self, wid: str) -> Worker | None:
+        return self._by_id.get(wid)
+
+    def models(self) -> list[str]:
+        return list(self._by_model)
+
+    def __iter__(self) -> Iterator[Worker]:
+        for workers in self._by_model.values():
+            yield from workers
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+
+__all__ = ["Registry", "normalise_url"]

@@ -1,0 +1,1 @@
+"""HTTP routes: the registry (admin), OperateGPT inference (seed), OpenAI, ops."""

@@ -1,0 +1,157 @@
+"""The OpenAI-compatible API, so the openai SDK and LangChain work unchanged.
+
+Bodies are read as bytes and parsed once; for OpenAI workers they pass through with only `model`
+renamed. Template workers answer too: the conversation becomes their {USER_PROMPT}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+from fastapi import APIRouter
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from balancer import openai_format
+from balancer.auth import require_api_key
+from balancer.calls import complete_text, render_messages
+from balancer.errors import BadRequest
+from balancer.forwarding import Lease, Relayed, relay_openai
+from balancer.middleware import request_id_var
+from balancer.registry import Worker
+from balancer.responses import json_response
+from balancer.routes.common import optional_number, read_json_object, served_headers
+from balancer.services import Services, services
+
+router = APIRouter(prefix="/v1", tags=["openai"])
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+TemplateAnswer = Callable[[Services, Lease, dict[str, Any]], Awaitable[Relayed]]
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    svc = services(request)
+    require_api_key(request, svc.settings)
+    data = []
+    for model in svc.registry.models():
+        workers = svc.registry.workers_of(model) or []
+        owner = next((w.spec.owner for w in workers if w.spec.owner), None) or "llm-balancer"
+        data.append({"id": model, "object": "model", "created": 0, "owned_by": owner})
+    return json_response({"object": "list", "data": data})
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _proxy(request, "/chat/completions", _chat_from_template)
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _proxy(request, "/completions", _completion_from_template)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _proxy(request, "/embeddings", None)
+
+
+async def _proxy(request: Request, path: str, from_template: TemplateAnswer | None) -> Response:
+    svc = services(request)
+    require_api_key(request, svc.settings)
+    raw, data = await read_json_object(request)
+    model = data.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("model is required and must be a non-empty string")
+    stream = data.get("stream", False)
+    if not isinstance(stream, bool):
+        raise BadRequest(f"stream must be true or false, got {stream!r}")
+    workers = svc.forwarder.workers_of(model)
+    accept = None
+    if from_template is None:
+        if not any(w.spec.api == "openai" for w in workers):
+            raise BadRequest(
+                f"model {model} has no OpenAI-compatible worker, and {path} needs one "
+                '(register a worker with "api": "openai")', model=model,
+            )
+        accept = _is_openai
+    request_id = request_id_var.get()
+    # Rewritten once per target name, not once per attempt.
+    payloads: dict[str, bytes] = {}
+
+    def payload_for(worker: Worker) -> bytes:
+        target = worker.spec.target_model
+        if target == model:
+            return raw
+        if target not in payloads:
+            payloads[target] = orjson.dumps({**data, "model": target})
+        return payloads[target]
+
+    async def attempt(lease: Lease) -> Relayed:
+        if lease.worker.spec.api == "openai":
+            return await relay_openai(
+                svc.transport, lease, path, payload_for(lease.worker),
+                stream=stream, request_id=request_id,
+            )
+        assert from_template is not None
+        return await from_template(svc, lease, data)
+
+    served = await svc.forwarder.run(model, attempt, accept=accept)
+    relayed = served.value
+    headers = served_headers(served.worker.id, served.attempts)
+    if relayed.stream is not None:
+        return StreamingResponse(
+            relayed.stream, media_type=relayed.content_type, headers={**headers, **SSE_HEADERS},
+            background=BackgroundTask(relayed.close) if relayed.close else None,
+        )
+    return Response(relayed.body, relayed.status, headers=headers,
+                    media_type=relayed.content_type)
+
+
+def _is_openai(worker: Worker) -> bool:
+    return worker.spec.api == "openai"
+
+
+async def _chat_from_template(svc: Services, lease: Lease, data: dict[str, Any]) -> Relayed:
+    try:
+        prompt = render_messages(data.get("messages"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    text = await _template_text(svc, lease, prompt, data)
+    model = data["model"]
+    if data.get("stream"):
+        options = data.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        body = openai_format.chat_completion_stream(model, prompt, text, include_usage)
+        return Relayed(200, "text/event-stream", stream=_one_chunk(body))
+    return Relayed(200, "application/json",
+                   body=orjson.dumps(openai_format.chat_completion(model, prompt, text)))
+
+
+async def _completion_from_template(svc: Services, lease: Lease, data: dict[str, Any]) -> Relayed:
+    prompt = data.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise BadRequest("prompt must be a string for this model's workers")
+    text = await _template_text(svc, lease, prompt, data)
+    model = data["model"]
+    if data.get("stream"):
+        body = openai_format.text_completion_stream(model, prompt, text)
+        return Relayed(200, "text/event-stream", stream=_one_chunk(body))
+    return Relayed(200, "application/json",
+                   body=orjson.dumps(openai_format.text_completion(model, prompt, text)))
+
+
+async def _template_text(svc: Services, lease: Lease, prompt: str, data: dict[str, Any]) -> str:
+    temperature = optional_number(data, "temperature")
+    return await complete_text(svc.transport, lease.worker, prompt, temperature,
+                               request_id_var.get())
+
+
+async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:
+    yield body

@@ -1,0 +1,28 @@
+"""The parts one running balancer is made of, built once by the app factory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from starlette.requests import Request
+
+from balancer.config import Settings
+from balancer.forwarding import Forwarder
+from balancer.registry import Registry, Store
+from balancer.selection import Selector
+from balancer.transport import Transport
+
+
+@dataclass(slots=True)
+class Services:
+    settings: Settings
+    store: Store
+    registry: Registry
+    selector: Selector
+    transport: Transport
+    forwarder: Forwarder
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc

@@ -1,0 +1,17 @@
+"""The shared vocabulary of the balancer."""
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+Api = Literal["template", "openai"]
+"""How a worker is called: an OperateGPT body template, or an OpenAI-compatible server."""
+
+WorkerStatus = Literal["unknown", "healthy", "ejected"]
+
+ClientApi = Literal["operategpt", "openai"]
+"""Which of our two front APIs a client called; errors use that API's envelope."""
+
+Clock = Callable[[], float]
+"""Monotonic seconds; injected so policies and health state run on a fake clock in tests."""
+
+JSON = Any
