@@ -9,8 +9,8 @@ from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
 from balancer import __version__
-from balancer.demo import DEMO_MODEL, DemoWorkers
 from balancer.config import Settings
+from balancer.demo import DEMO_MODEL, DemoWorkers
 from balancer.errors import BalancerError
 from balancer.forwarding import Forwarder
 from balancer.logging import get_logger
@@ -50,13 +50,24 @@ def create_app(
         if demo_workers is not None:
             for spec in await demo_workers.start():
                 await registry.register(spec)
-            log.info("demo_started", model=DEMO_MODEL, workers=len(registry.workers_of(DEMO_MODEL) or []))
+            log.info(
+                "demo_started", model=DEMO_MODEL, workers=len(registry.workers_of(DEMO_MODEL) or [])
+            )
         if settings.admin_token is None:
-            log.warning("admin_open_to_loopback",
-                        hint="BALANCER_ADMIN_TOKEN is unset: register/offline accept loopback "
-                             "clients only; set a token to manage workers remotely")
-        log.info("started", version=__version__, host=settings.host, port=settings.port,
-                 store=settings.store, workers_loaded=loaded, workers=len(registry))
+            log.warning(
+                "admin_open_to_loopback",
+                hint="BALANCER_ADMIN_TOKEN is unset: register/offline accept loopback "
+                "clients only; set a token to manage workers remotely",
+            )
+        log.info(
+            "started",
+            version=__version__,
+            host=settings.host,
+            port=settings.port,
+            store=settings.store,
+            workers_loaded=loaded,
+            workers=len(registry),
+        )
         try:
             yield
         finally:

@@ -31,7 +31,9 @@ def openai_url(worker: Worker, path: str) -> str:
     return worker.spec.req_url_template.rstrip("/") + path
 
 
-def upstream_headers(worker: Worker, request_id: str | None, content_type: str | None) -> dict[str, str]:
+def upstream_headers(
+    worker: Worker, request_id: str | None, content_type: str | None
+) -> dict[str, str]:
     headers = {"Content-Type": content_type} if content_type else {}
     if worker.spec.header:
         headers.update(worker.spec.header)
@@ -123,7 +125,11 @@ async def _complete_text_template(
         else:
             body, content_type = orjson.dumps(filled), "application/json"
     resp = await send(
-        transport, worker, spec.req_type, url, body=body,
+        transport,
+        worker,
+        spec.req_type,
+        url,
+        body=body,
         headers=upstream_headers(worker, request_id, content_type),
     )
     status = resp.status
@@ -139,12 +145,16 @@ async def _complete_text_template(
         raise UpstreamError(
             f"{source} returned a body that is not JSON, so response_extract "
             f"{spec.response_extract!r} cannot be applied",
-            model=worker.model, worker=worker.id, retryable=True,
+            model=worker.model,
+            worker=worker.id,
+            retryable=True,
         ) from None
     try:
         return as_result_text(extract(document, worker.extract, source))
     except ExtractError as exc:
-        raise UpstreamError(str(exc), model=worker.model, worker=worker.id, retryable=True) from None
+        raise UpstreamError(
+            str(exc), model=worker.model, worker=worker.id, retryable=True
+        ) from None
 
 
 async def _complete_text_openai(
@@ -162,7 +172,11 @@ async def _complete_text_openai(
     if temperature is not None:
         payload["temperature"] = temperature
     resp = await send(
-        transport, worker, "POST", url, body=orjson.dumps(payload),
+        transport,
+        worker,
+        "POST",
+        url,
+        body=orjson.dumps(payload),
         headers=upstream_headers(worker, request_id, "application/json"),
     )
     status = resp.status
@@ -175,7 +189,9 @@ async def _complete_text_openai(
     except (orjson.JSONDecodeError, ExtractError):
         raise UpstreamError(
             f"{source} did not return an OpenAI chat completion (no choices[0].message.content)",
-            model=worker.model, worker=worker.id, retryable=True,
+            model=worker.model,
+            worker=worker.id,
+            retryable=True,
         ) from None
 
 
@@ -203,7 +219,8 @@ def _content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "".join(
-            part.get("text", "") for part in content
+            part.get("text", "")
+            for part in content
             if isinstance(part, dict) and part.get("type") == "text"
         )
     raise ValueError("message content must be a string or an array of content parts")

@@ -8,7 +8,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from balancer import __version__
-from balancer.config import ConfigError, Settings, load_settings, read_config_file, settings_reference
+from balancer.config import (
+    ConfigError,
+    Settings,
+    load_settings,
+    read_config_file,
+    settings_reference,
+)
 from balancer.errors import BadRequest
 from balancer.registry import WorkerSpec, parse_spec
 
@@ -35,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve", help="run the balancer", epilog=epilog,
+        "serve",
+        help="run the balancer",
+        epilog=epilog,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the balancer (uvicorn with uvloop and httptools). SIGTERM drains "
         "requests in flight, then exits 0.",
@@ -44,15 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on [default: 8007]")
     serve.add_argument("--config", metavar="FILE", help="YAML file with settings and workers")
     serve.add_argument(
-        "--demo", action="store_true",
+        "--demo",
+        action="store_true",
         help="also start three fake workers (fast, slow, flaky) as model 'demo', with an "
         "in-memory registry unless --store or BALANCER_STORE is given",
     )
     for name, field in Settings.model_fields.items():
         if name in _SERVE_OWN_FLAGS:
             continue
-        serve.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="VALUE",
-                           help=field.description)
+        serve.add_argument(
+            f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=field.description
+        )
 
     fake = commands.add_parser("fake-worker", help="run a fake LLM worker (for demos and tests)")
     fake.add_argument("--host", default="127.0.0.1")
@@ -70,10 +80,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "fake-worker":
         from balancer.fake_worker import Behaviour, run
 
-        run(args.host, args.port, Behaviour(
-            name=args.name, latency=args.latency, fail_rate=args.fail_rate,
-            chunks=args.chunks, chunk_delay=args.chunk_delay,
-        ))
+        run(
+            args.host,
+            args.port,
+            Behaviour(
+                name=args.name,
+                latency=args.latency,
+                fail_rate=args.fail_rate,
+                chunks=args.chunks,
+                chunk_delay=args.chunk_delay,
+            ),
+        )
         return 0
     return _serve(args)
 
@@ -100,8 +117,14 @@ def _serve(args: argparse.Namespace) -> int:
         get_logger("balancer").error("bad_configuration", error=str(exc))
         return 1
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        access_log=False, log_level=settings.log_level, lifespan="on",
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level=settings.log_level,
+        lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace or None,  # type: ignore[arg-type]
         server_header=False,
     )

@@ -1,4 +1,4 @@
-"""Settings: command-line flags beat `BALANCER_*` environment variables, which beat the YAML file."""
+"""Settings: command-line flags beat `BALANCER_*` environment variables, then the YAML file."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ ENV_PREFIX = "BALANCER_"
 
 # The YAML file's values for the Settings being built; a ContextVar so the file source has no
 # global state and two loads (e.g. in tests) never see each other's file.
-_file_values: ContextVar[dict[str, Any]] = ContextVar("_file_values", default={})
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("_file_values", default=None)
 
 
 class ConfigError(Exception):
@@ -34,10 +34,10 @@ class ConfigError(Exception):
 
 class _FileSource(PydanticBaseSettingsSource):
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
-        return _file_values.get().get(field_name), field_name, False
+        return (_file_values.get() or {}).get(field_name), field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        return dict(_file_values.get())
+        return dict(_file_values.get() or {})
 
 
 class Settings(BaseSettings):
@@ -159,7 +159,5 @@ def settings_reference() -> str:
             default = ",".join(default) or "(unset)"
         elif default is None:
             default = "(unset)"
-        lines.append(
-            f"  {ENV_PREFIX + name.upper():<32} {field.description} [default: {default}]"
-        )
+        lines.append(f"  {ENV_PREFIX + name.upper():<32} {field.description} [default: {default}]")
     return "\n".join(lines)

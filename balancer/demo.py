@@ -29,18 +29,28 @@ class DemoWorkers:
             sock = bind_loopback()
             port = sock.getsockname()[1]
             config = uvicorn.Config(
-                FakeWorker(behaviour), lifespan="off", access_log=False, log_level="warning",
+                FakeWorker(behaviour),
+                lifespan="off",
+                access_log=False,
+                log_level="warning",
                 http="httptools",
             )
             server = EmbeddedServer(config)
             task = asyncio.create_task(server.serve(sockets=[sock]))
             self._servers.append((server, task))
-            specs.append(WorkerSpec(
-                model_name=DEMO_MODEL, api="openai", owner=f"demo-{behaviour.name}",
-                req_url_template=f"http://127.0.0.1:{port}/v1", upstream_model="fake-model",
-                timeout=10.0,
-            ))
-        while not all(server.started for server, _ in self._servers):
+            specs.append(
+                WorkerSpec(
+                    model_name=DEMO_MODEL,
+                    api="openai",
+                    owner=f"demo-{behaviour.name}",
+                    req_url_template=f"http://127.0.0.1:{port}/v1",
+                    upstream_model="fake-model",
+                    timeout=10.0,
+                    weight=1.0,
+                )
+            )
+        # uvicorn exposes only a flag for "started", so poll it briefly.
+        while not all(server.started for server, _ in self._servers):  # noqa: ASYNC110
             await asyncio.sleep(0.01)
         return specs
 

@@ -45,9 +45,7 @@ class ModelNotFound(NotFound):
     openai_code = "model_not_found"
 
     def __init__(self, model: str):
-        super().__init__(
-            f"The request model({model}) not exist in llm worker manager", model=model
-        )
+        super().__init__(f"The request model({model}) not exist in llm worker manager", model=model)
 
 
 class WorkerNotFound(NotFound):

@@ -61,8 +61,16 @@ class FakeWorker:
             await _reply(send, b.health_status, {"status": "ok", "name": b.name})
             return
         if path == "/v1/models" and method == "GET":
-            await _reply(send, b.health_status, {"object": "list", "data": [
-                {"id": "fake-model", "object": "model", "created": 0, "owned_by": b.name}]})
+            await _reply(
+                send,
+                b.health_status,
+                {
+                    "object": "list",
+                    "data": [
+                        {"id": "fake-model", "object": "model", "created": 0, "owned_by": b.name}
+                    ],
+                },
+            )
             return
         if path == "/_control" and method == "POST":
             await self._control(send, body)
@@ -85,8 +93,11 @@ class FakeWorker:
         if b.latency:
             await asyncio.sleep(b.latency)
         if b.fail_rate and self._random.random() < b.fail_rate:
-            await _reply(send, b.fail_status, {"error": {
-                "message": f"{b.name} failed on purpose", "type": "server_error"}})
+            await _reply(
+                send,
+                b.fail_status,
+                {"error": {"message": f"{b.name} failed on purpose", "type": "server_error"}},
+            )
             return
         await handler(self, request, send)
 
@@ -103,8 +114,11 @@ class FakeWorker:
 
     async def _chat(self, request: dict[str, Any], send: Send) -> None:
         if not isinstance(request.get("messages"), list) or not request["messages"]:
-            await _reply(send, 400, {"error": {"message": "messages is required",
-                                               "type": "invalid_request_error"}})
+            await _reply(
+                send,
+                400,
+                {"error": {"message": "messages is required", "type": "invalid_request_error"}},
+            )
             return
         content = request["messages"][-1].get("content", "")
         prompt = content if isinstance(content, str) else orjson.dumps(content).decode()
@@ -113,13 +127,24 @@ class FakeWorker:
         if request.get("stream"):
             await self._stream(send, model, prompt, text, request, chat=True)
             return
-        await _reply(send, 200, {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "finish_reason": "stop"}],
-            "usage": _usage(prompt, text),
-        })
+        await _reply(
+            send,
+            200,
+            {
+                "id": "chatcmpl-fake",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": _usage(prompt, text),
+            },
+        )
 
     async def _completion(self, request: dict[str, Any], send: Send) -> None:
         prompt = request.get("prompt", "")
@@ -129,12 +154,18 @@ class FakeWorker:
         if request.get("stream"):
             await self._stream(send, model, prompt, text, request, chat=False)
             return
-        await _reply(send, 200, {
-            "id": "cmpl-fake", "object": "text_completion", "created": int(time.time()),
-            "model": model,
-            "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
-            "usage": _usage(prompt, text),
-        })
+        await _reply(
+            send,
+            200,
+            {
+                "id": "cmpl-fake",
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
+                "usage": _usage(prompt, text),
+            },
+        )
 
     async def _stream(
         self, send: Send, model: str, prompt: str, text: str, request: dict[str, Any], *, chat: bool
@@ -153,43 +184,72 @@ class FakeWorker:
             if index and b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
             choice: dict[str, Any] = (
-                {"index": 0, "delta": {"content": piece}, "finish_reason": None} if chat
+                {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                if chat
                 else {"index": 0, "text": piece, "finish_reason": None}
             )
             if chat and index == 0:
                 choice["delta"]["role"] = "assistant"
-            chunk = {"id": "chunk-fake", "object": "chat.completion.chunk" if chat
-                     else "text_completion", "created": created, "model": model,
-                     "choices": [choice]}
+            chunk = {
+                "id": "chunk-fake",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [choice],
+            }
             await send({"type": "http.response.body", "body": _sse(chunk), "more_body": True})
         last: dict[str, Any] = (
-            {"index": 0, "delta": {}, "finish_reason": "stop"} if chat
+            {"index": 0, "delta": {}, "finish_reason": "stop"}
+            if chat
             else {"index": 0, "text": "", "finish_reason": "stop"}
         )
-        tail = _sse({"id": "chunk-fake", "object": "chat.completion.chunk" if chat
-                     else "text_completion", "created": created, "model": model,
-                     "choices": [last]})
+        tail = _sse(
+            {
+                "id": "chunk-fake",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": created,
+                "model": model,
+                "choices": [last],
+            }
+        )
         options = request.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            tail += _sse({"id": "chunk-fake", "object": "chat.completion.chunk",
-                          "created": created, "model": model, "choices": [],
-                          "usage": _usage(prompt, text)})
+            tail += _sse(
+                {
+                    "id": "chunk-fake",
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage(prompt, text),
+                }
+            )
         await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
 
     async def _embeddings(self, request: dict[str, Any], send: Send) -> None:
         inputs = request.get("input", "")
         items = inputs if isinstance(inputs, list) else [inputs]
-        data = [{"object": "embedding", "index": i, "embedding": _vector(str(item))}
-                for i, item in enumerate(items)]
-        await _reply(send, 200, {"object": "list", "data": data,
-                                 "model": request.get("model", "fake-model"),
-                                 "usage": {"prompt_tokens": len(items), "total_tokens": len(items)}})
+        data = [
+            {"object": "embedding", "index": i, "embedding": _vector(str(item))}
+            for i, item in enumerate(items)
+        ]
+        await _reply(
+            send,
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": request.get("model", "fake-model"),
+                "usage": {"prompt_tokens": len(items), "total_tokens": len(items)},
+            },
+        )
 
     async def _generate(self, request: dict[str, Any], send: Send) -> None:
         prompt = request.get("input", request.get("prompt", ""))
         text = self.answer(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
-        await _reply(send, 200, {"data": {"items": [
-            {"attributes": {"answer": text, "request": request}}]}})
+        await _reply(
+            send, 200, {"data": {"items": [{"attributes": {"answer": text, "request": request}}]}}
+        )
 
 
 _ROUTES = {
@@ -225,7 +285,7 @@ async def _read_body(receive: Receive) -> bytes:
     body = b""
     while True:
         message = await receive()
-        body += message.get("body", b"")
+        body += bytes(message.get("body", b""))
         if not message.get("more_body"):
             return body
 
@@ -249,5 +309,13 @@ def run(host: str, port: int, behaviour: Behaviour) -> None:
     """Serve one fake worker until interrupted (uvloop + httptools, no access log)."""
     import uvicorn
 
-    uvicorn.run(FakeWorker(behaviour), host=host, port=port, loop="uvloop", http="httptools",
-                access_log=False, log_level="warning", lifespan="off")
+    uvicorn.run(
+        FakeWorker(behaviour),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=False,
+        log_level="warning",
+        lifespan="off",
+    )

@@ -171,7 +171,11 @@ async def relay_openai(
     worker = lease.worker
     url = openai_url(worker, path)
     resp = await send(
-        transport, worker, "POST", url, body=payload,
+        transport,
+        worker,
+        "POST",
+        url,
+        body=payload,
         headers=upstream_headers(worker, request_id, "application/json"),
     )
     content_type = resp.headers.get("Content-Type", "application/json")
@@ -188,7 +192,9 @@ async def relay_openai(
         resp.close()
         raise UpstreamError(
             f"worker {worker.id} ({url}) ended the stream before sending anything",
-            model=worker.model, worker=worker.id, retryable=True,
+            model=worker.model,
+            worker=worker.id,
+            retryable=True,
         ) from None
     except TransportError as exc:
         resp.close()

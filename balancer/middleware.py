@@ -59,6 +59,9 @@ class RequestContextMiddleware:
             path = scope["path"]
             if path not in _QUIET_PATHS:
                 log.info(
-                    "request", method=scope["method"], path=path, status=status,
+                    "request",
+                    method=scope["method"],
+                    path=path,
+                    status=status,
                     latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
                 )

@@ -33,25 +33,39 @@ def chat_completion(model: str, prompt: str, text: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": None,
-            "finish_reason": "stop",
-        }],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
         "usage": _usage(prompt, text),
     }
 
 
 def chat_completion_stream(model: str, prompt: str, text: str, include_usage: bool) -> bytes:
     """The whole answer as one SSE stream: a content chunk, a finish chunk, [DONE]."""
-    base = {"id": _id("chatcmpl-"), "object": "chat.completion.chunk",
-            "created": int(time.time()), "model": model}
+    base = {
+        "id": _id("chatcmpl-"),
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
     chunks: list[dict[str, Any]] = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": text},
-                              "logprobs": None, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                              "finish_reason": "stop"}]},
+        {
+            **base,
+            "choices": [
+                {
+                    "index": 0,
+                    "delta": {"role": "assistant", "content": text},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+            ],
+        },
+        {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
     ]
     if include_usage:
         chunks.append({**base, "choices": [], "usage": _usage(prompt, text)})

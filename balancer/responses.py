@@ -20,7 +20,9 @@ def json_response(
     data: Any, status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     return Response(
-        orjson.dumps(data), status_code=status_code, headers=headers,
+        orjson.dumps(data),
+        status_code=status_code,
+        headers=headers,
         media_type="application/json",
     )
 
@@ -38,22 +40,33 @@ def error_body(api: ClientApi, message: str, error_type: str, code: str | None) 
 async def handle_balancer_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, BalancerError)
     if exc.status_code >= 500:
-        log.warning("request_failed", status=exc.status_code, error=exc.message,
-                    model=exc.model, worker=exc.worker)
+        log.warning(
+            "request_failed",
+            status=exc.status_code,
+            error=exc.message,
+            model=exc.model,
+            worker=exc.worker,
+        )
     body = error_body(client_api(request.url.path), exc.message, exc.openai_type, exc.openai_code)
     return json_response(body, exc.status_code)
 
 
 async def handle_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.url.path}", 405: f"method {request.method} not allowed "
-               f"on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+    message = {
+        404: f"no route {request.url.path}",
+        405: f"method {request.method} not allowed on {request.url.path}",
+    }.get(exc.status_code, str(exc.detail))
     body = error_body(client_api(request.url.path), message, "invalid_request_error", None)
     return json_response(body, exc.status_code, headers=dict(exc.headers or {}))
 
 
 async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled_error", path=request.url.path)
-    body = error_body(client_api(request.url.path), "internal error; see the balancer's log",
-                      "server_error", "internal_error")
+    body = error_body(
+        client_api(request.url.path),
+        "internal error; see the balancer's log",
+        "server_error",
+        "internal_error",
+    )
     return json_response(body, 500)

@@ -98,8 +98,7 @@ def extract(document: Any, path: ExtractPath, source: str) -> Any:
         except (KeyError, IndexError, TypeError):
             where = _render_path(path[: depth + 1])
             raise ExtractError(
-                f"{source} has no value at {where!r} (response_extract "
-                f"{_render_path(path)!r})"
+                f"{source} has no value at {where!r} (response_extract {_render_path(path)!r})"
             ) from None
     return current
 

@@ -112,12 +112,14 @@ class AiohttpTransport:
         body: bytes | None,
         timeout: float,
     ) -> UpstreamResponse:
-        client_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeout, sock_read=timeout
-        )
+        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         try:
             resp = await self._get_session().request(
-                method, url, headers=headers, data=body, timeout=client_timeout,
+                method,
+                url,
+                headers=headers,
+                data=body,
+                timeout=client_timeout,
                 allow_redirects=False,
             )
         except Exception as exc:

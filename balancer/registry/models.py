@@ -88,8 +88,7 @@ class WorkerSpec(BaseModel):
     @model_validator(mode="after")
     def _template_has_prompt(self) -> WorkerSpec:
         if self.api == "template" and not (
-            contains_placeholder(self.body, USER_PROMPT)
-            or USER_PROMPT in self.req_url_template
+            contains_placeholder(self.body, USER_PROMPT) or USER_PROMPT in self.req_url_template
         ):
             raise ValueError(
                 "a template worker's body (or URL) must contain the placeholder {USER_PROMPT} "
@@ -112,10 +111,11 @@ class WorkerSpec(BaseModel):
 
 
 def parse_spec(data: Any) -> WorkerSpec:
-    """Validate a registration, turning pydantic's errors into one message that says how to fix it."""
+    """Validate a registration; pydantic's errors become one message that says how to fix it."""
     if not isinstance(data, dict):
-        raise BadRequest("the request body must be a JSON object with at least model_name and "
-                         "req_url_template")
+        raise BadRequest(
+            "the request body must be a JSON object with at least model_name and req_url_template"
+        )
     try:
         return WorkerSpec.model_validate(data)
     except ValidationError as exc:

@@ -38,14 +38,15 @@ class Registry:
         return len(specs)
 
     async def register(self, spec: WorkerSpec) -> tuple[Worker, bool]:
-        """Add or update the worker for (model, normalised URL). Returns it and whether it is new."""
+        """Add or update the worker of (model, normalised URL); return it and whether it is new."""
         async with self._write_lock:
             try:
                 await self.store.upsert(spec.worker_id, spec)
             except Exception as exc:
                 log.error("store_write_failed", error=repr(exc), model=spec.model_name)
                 raise StoreUnavailable(
-                    "could not save the registration; the registry is unchanged", model=spec.model_name
+                    "could not save the registration; the registry is unchanged",
+                    model=spec.model_name,
                 ) from exc
             return self._put(spec)
 

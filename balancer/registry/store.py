@@ -1,4 +1,4 @@
-"""Where registrations are kept. A small interface so SQLite and, later, Redis are interchangeable."""
+"""Where registrations are kept: a small interface, so SQLite and (later) Redis interchange."""
 
 from __future__ import annotations
 
@@ -35,7 +35,8 @@ def open_store(url: str) -> Store:
 
         path = url.removeprefix("sqlite://")
         if not path.startswith("/") or path == "/":
-            raise ConfigError(f"store {url!r}: use sqlite:///relative/path.db or "
-                              "sqlite:////absolute/path.db")
+            raise ConfigError(
+                f"store {url!r}: use sqlite:///relative/path.db or sqlite:////absolute/path.db"
+            )
         return SQLiteStore(path[1:] or ":memory:")
     raise ConfigError(f"store {url!r} is not supported; use sqlite:///./balancer.db")

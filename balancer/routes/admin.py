@@ -25,14 +25,22 @@ async def register(request: Request) -> Response:
     _, data = await read_json_object(request)
     spec = parse_spec(data)
     worker, created = await svc.registry.register(spec)
-    log.info("worker_registered" if created else "worker_updated", model=worker.model,
-             worker=worker.id, url=spec.req_url_template, api=spec.api, header=spec.header)
-    return json_response({
-        "success": True,
-        "msg": f"register LLM {worker.model} succeed!",
-        "id": worker.id,
-        "created": created,
-    })
+    log.info(
+        "worker_registered" if created else "worker_updated",
+        model=worker.model,
+        worker=worker.id,
+        url=spec.req_url_template,
+        api=spec.api,
+        header=spec.header,
+    )
+    return json_response(
+        {
+            "success": True,
+            "msg": f"register LLM {worker.model} succeed!",
+            "id": worker.id,
+            "created": created,
+        }
+    )
 
 
 @router.get("/workers")
@@ -53,7 +61,9 @@ async def offline(request: Request) -> Response:
     url = required_string(data, "req_url_template")
     worker = await svc.registry.remove(model, url)
     log.info("worker_removed", model=model, worker=worker.id, url=url)
-    return json_response({
-        "success": True,
-        "msg": f"remove llm worker(model_name={model}, url={url}) succeed!",
-    })
+    return json_response(
+        {
+            "success": True,
+            "msg": f"remove llm worker(model_name={model}, url={url}) succeed!",
+        }
+    )

@@ -76,7 +76,8 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
         if not any(w.spec.api == "openai" for w in workers):
             raise BadRequest(
                 f"model {model} has no OpenAI-compatible worker, and {path} needs one "
-                '(register a worker with "api": "openai")', model=model,
+                '(register a worker with "api": "openai")',
+                model=model,
             )
         accept = _is_openai
     request_id = request_id_var.get()
@@ -94,8 +95,12 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
     async def attempt(lease: Lease) -> Relayed:
         if lease.worker.spec.api == "openai":
             return await relay_openai(
-                svc.transport, lease, path, payload_for(lease.worker),
-                stream=stream, request_id=request_id,
+                svc.transport,
+                lease,
+                path,
+                payload_for(lease.worker),
+                stream=stream,
+                request_id=request_id,
             )
         assert from_template is not None
         return await from_template(svc, lease, data)
@@ -105,11 +110,12 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
     headers = served_headers(served.worker.id, served.attempts)
     if relayed.stream is not None:
         return StreamingResponse(
-            relayed.stream, media_type=relayed.content_type, headers={**headers, **SSE_HEADERS},
+            relayed.stream,
+            media_type=relayed.content_type,
+            headers={**headers, **SSE_HEADERS},
             background=BackgroundTask(relayed.close) if relayed.close else None,
         )
-    return Response(relayed.body, relayed.status, headers=headers,
-                    media_type=relayed.content_type)
+    return Response(relayed.body, relayed.status, headers=headers, media_type=relayed.content_type)
 
 
 def _is_openai(worker: Worker) -> bool:
@@ -128,8 +134,11 @@ async def _chat_from_template(svc: Services, lease: Lease, data: dict[str, Any])
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         body = openai_format.chat_completion_stream(model, prompt, text, include_usage)
         return Relayed(200, "text/event-stream", stream=_one_chunk(body))
-    return Relayed(200, "application/json",
-                   body=orjson.dumps(openai_format.chat_completion(model, prompt, text)))
+    return Relayed(
+        200,
+        "application/json",
+        body=orjson.dumps(openai_format.chat_completion(model, prompt, text)),
+    )
 
 
 async def _completion_from_template(svc: Services, lease: Lease, data: dict[str, Any]) -> Relayed:
@@ -143,14 +152,18 @@ async def _completion_from_template(svc: Services, lease: Lease, data: dict[str,
     if data.get("stream"):
         body = openai_format.text_completion_stream(model, prompt, text)
         return Relayed(200, "text/event-stream", stream=_one_chunk(body))
-    return Relayed(200, "application/json",
-                   body=orjson.dumps(openai_format.text_completion(model, prompt, text)))
+    return Relayed(
+        200,
+        "application/json",
+        body=orjson.dumps(openai_format.text_completion(model, prompt, text)),
+    )
 
 
 async def _template_text(svc: Services, lease: Lease, prompt: str, data: dict[str, Any]) -> str:
     temperature = optional_number(data, "temperature")
-    return await complete_text(svc.transport, lease.worker, prompt, temperature,
-                               request_id_var.get())
+    return await complete_text(
+        svc.transport, lease.worker, prompt, temperature, request_id_var.get()
+    )
 
 
 async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:

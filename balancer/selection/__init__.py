@@ -34,9 +34,7 @@ class Selector:
         Ejected workers are skipped unless every candidate is ejected ("panic mode"): then
         routing to a possibly-down worker beats failing every request.
         """
-        candidates = [
-            w for w in workers if w.id not in exclude and (accept is None or accept(w))
-        ]
+        candidates = [w for w in workers if w.id not in exclude and (accept is None or accept(w))]
         if not candidates:
             return None, False
         selectable = [w for w in candidates if w.status != "ejected"]
