@@ -318,4 +318,6 @@ def run(host: str, port: int, behaviour: Behaviour) -> None:
         access_log=False,
         log_level="warning",
         lifespan="off",
+        # A stalled stream (stall_after) must not hold up shutdown.
+        timeout_graceful_shutdown=1,
     )

@@ -49,7 +49,8 @@ class Process:
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def spawn(self) -> None:
+        """Start the process without waiting for it to serve."""
         out = self.log.open("ab")
         self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         out.close()
@@ -92,7 +93,7 @@ class FakeWorker(Process):
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
-        super().start()
+        self.spawn()
         assert self.proc is not None
         wait_until_up(self.url + "/health", self.proc, self.log)
 
@@ -127,7 +128,7 @@ class Balancer(Process):
         return f"http://{HOST}:{self.port}"
 
     def start(self) -> None:
-        super().start()
+        self.spawn()
         assert self.proc is not None
         wait_until_up(self.url + "/healthz", self.proc, self.log)
 

@@ -103,8 +103,8 @@ class Registry:
         return list(self._by_model)
 
     def __iter__(self) -> Iterator[Worker]:
-        for workers in self._by_model.values():
-            yield from workers
+        """Every worker, in registration order (the order the store keeps too)."""
+        return iter(list(self._by_id.values()))
 
     def __len__(self) -> int:
         return len(self._by_id)
