@@ -26,7 +26,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_up(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15.0) -> None:
+def wait_until_up(
+    url: str, proc: subprocess.Popen[bytes], log: Path, timeout: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -82,8 +84,16 @@ class FakeWorker(Process):
     def __init__(self, tmp: Path, name: str, **options: Any) -> None:
         self.name = name
         self.port = free_port()
-        args = [sys.executable, "-m", "balancer", "fake-worker", "--port", str(self.port),
-                "--name", name]
+        args = [
+            sys.executable,
+            "-m",
+            "balancer",
+            "fake-worker",
+            "--port",
+            str(self.port),
+            "--name",
+            name,
+        ]
         for key, value in options.items():
             args += [f"--{key.replace('_', '-')}", str(value)]
         super().__init__(args, tmp / f"worker-{name}-{self.port}.log")
@@ -107,8 +117,13 @@ class FakeWorker(Process):
 
 class Balancer(Process):
     def __init__(
-        self, tmp: Path, *, db: Path | None = None, env: dict[str, str] | None = None,
-        args: list[str] | None = None, port: int | None = None,
+        self,
+        tmp: Path,
+        *,
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        port: int | None = None,
     ) -> None:
         self.port = port or free_port()
         self.db = db or tmp / f"balancer-{self.port}.db"
@@ -153,8 +168,7 @@ def template_registration(model: str, worker: FakeWorker, **fields: Any) -> dict
 
 
 def openai_registration(model: str, worker: FakeWorker, **fields: Any) -> dict[str, Any]:
-    return {"model_name": model, "api": "openai", "req_url_template": f"{worker.url}/v1",
-            **fields}
+    return {"model_name": model, "api": "openai", "req_url_template": f"{worker.url}/v1", **fields}
 
 
 @pytest.fixture(scope="session")

@@ -43,14 +43,20 @@ def test_a_prompt_containing_a_placeholder_is_not_expanded_again() -> None:
 
 
 def test_fill_url_percent_encodes_values() -> None:
-    url = fill_url("http://h/gen?q={USER_PROMPT}&m={MODEL_NAME}", {**VALUES, "{USER_PROMPT}": "a b&c"})
+    url = fill_url(
+        "http://h/gen?q={USER_PROMPT}&m={MODEL_NAME}", {**VALUES, "{USER_PROMPT}": "a b&c"}
+    )
     assert url == "http://h/gen?q=a%20b%26c&m=m1"
 
 
 @pytest.mark.parametrize(
     ("path", "document", "expected"),
     [
-        ("data.items[].attributes.answer", {"data": {"items": [{"attributes": {"answer": "x"}}]}}, "x"),
+        (
+            "data.items[].attributes.answer",
+            {"data": {"items": [{"attributes": {"answer": "x"}}]}},
+            "x",
+        ),
         ("a.b[2].c", {"a": {"b": [{}, {}, {"c": "third"}]}}, "third"),
         ("[].text", [{"text": "root"}], "root"),
         ("choices[0].message.content", {"choices": [{"message": {"content": "hi"}}]}, "hi"),

@@ -32,10 +32,13 @@ def test_chat_through_an_openai_worker_renames_the_model(
     client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
 ) -> None:
     model = unique_model()
-    client.post("/api/server/register",
-                json=openai_registration(model, workers[0], upstream_model="upstream-name"))
+    client.post(
+        "/api/server/register",
+        json=openai_registration(model, workers[0], upstream_model="upstream-name"),
+    )
     completion = sdk.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "hello sdk"}])
+        model=model, messages=[{"role": "user", "content": "hello sdk"}]
+    )
     assert completion.choices[0].message.content == "[w1] hello sdk"
     assert completion.model == "upstream-name"
 
@@ -46,7 +49,8 @@ def test_streamed_chat_arrives_chunk_by_chunk(
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[0]))
     stream = sdk.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "stream this please"}], stream=True)
+        model=model, messages=[{"role": "user", "content": "stream this please"}], stream=True
+    )
     pieces = [c.choices[0].delta.content or "" for c in stream if c.choices]
     assert len(pieces) > 2
     assert "".join(pieces) == "[w1] stream this please"
@@ -63,7 +67,8 @@ def test_template_workers_answer_chat_plain_and_streamed(
     assert plain.usage is not None and plain.usage.completion_tokens > 0
     streamed = sdk.chat.completions.create(model=model, messages=messages, stream=True)  # type: ignore[arg-type]
     assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == (
-        "[w2] from the sdk")
+        "[w2] from the sdk"
+    )
 
 
 def test_a_conversation_is_rendered_into_the_template_prompt(
@@ -71,8 +76,10 @@ def test_a_conversation_is_rendered_into_the_template_prompt(
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[1]))
-    completion = sdk.chat.completions.create(model=model, messages=[
-        {"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}])
+    completion = sdk.chat.completions.create(
+        model=model,
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    )
     assert completion.choices[0].message.content == "[w2] system: be brief\nuser: hi"
 
 
@@ -84,7 +91,8 @@ def test_completions_and_embeddings(
     client.post("/api/server/register", json=template_registration(template_model, workers[2]))
     assert sdk.completions.create(model=model, prompt="once").choices[0].text == "[w3] once"
     assert sdk.completions.create(model=template_model, prompt="twice").choices[0].text == (
-        "[w3] twice")
+        "[w3] twice"
+    )
     vectors = sdk.embeddings.create(model=model, input=["a", "b"])
     assert [len(v.embedding) for v in vectors.data] == [8, 8]
     with pytest.raises(openai.BadRequestError, match="no OpenAI-compatible worker"):
@@ -105,8 +113,9 @@ def test_an_upstream_400_reaches_the_client_unchanged(
     client.post("/api/server/register", json=openai_registration(model, workers[0]))
     reply = client.post("/v1/chat/completions", json={"model": model, "messages": []})
     assert reply.status_code == 400
-    assert reply.json() == {"error": {"message": "messages is required",
-                                      "type": "invalid_request_error"}}
+    assert reply.json() == {
+        "error": {"message": "messages is required", "type": "invalid_request_error"}
+    }
     assert workers[0].served()  # it did reach the worker
 
 
@@ -128,7 +137,8 @@ def test_a_stream_broken_by_the_worker_ends_with_an_error_the_sdk_raises(
     fresh_worker.control(break_after=3, chunks=8)
     sdk = openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0)
     stream = sdk.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "a long answer"}], stream=True)
+        model=model, messages=[{"role": "user", "content": "a long answer"}], stream=True
+    )
     with pytest.raises(openai.APIError, match="broke off the stream"):
         for _ in stream:
             pass
@@ -138,11 +148,12 @@ def test_a_stream_whose_worker_stalls_is_cut_by_the_idle_timeout(
     client: httpx.Client, fresh_worker: FakeWorker
 ) -> None:
     model = unique_model()
-    client.post("/api/server/register",
-                json=openai_registration(model, fresh_worker, timeout=0.5))
+    client.post("/api/server/register", json=openai_registration(model, fresh_worker, timeout=0.5))
     fresh_worker.control(stall_after=2, chunks=8)
-    reply = client.post("/v1/chat/completions", json={
-        "model": model, "stream": True, "messages": [{"role": "user", "content": "stall"}]})
+    reply = client.post(
+        "/v1/chat/completions",
+        json={"model": model, "stream": True, "messages": [{"role": "user", "content": "stall"}]},
+    )
     assert reply.status_code == 200
     assert "[DONE]" not in reply.text
     assert "timed out" in reply.text.splitlines()[-2]

@@ -10,8 +10,9 @@ from tests.conftest import FakeWorker, openai_registration, template_registratio
 
 
 def ask(client: httpx.Client, model: str, prompt: str, **extra: object) -> httpx.Response:
-    return client.post("/api/v1/chat/completions",
-                       json={"input": prompt, "model_name": model, **extra})
+    return client.post(
+        "/api/v1/chat/completions", json={"input": prompt, "model_name": model, **extra}
+    )
 
 
 def test_a_template_worker_answers_through_response_extract(
@@ -21,8 +22,11 @@ def test_a_template_worker_answers_through_response_extract(
     client.post("/api/server/register", json=template_registration(model, workers[0]))
     reply = ask(client, model, "who are you?")
     assert reply.status_code == 200
-    assert reply.json() == {"success": True, "msg": "execute succeed",
-                            "result": "[w1] who are you?"}
+    assert reply.json() == {
+        "success": True,
+        "msg": "execute succeed",
+        "result": "[w1] who are you?",
+    }
     assert reply.headers["X-Balancer-Worker"]
     assert reply.headers["X-Balancer-Attempts"] == "1"
 
@@ -31,14 +35,23 @@ def test_placeholders_fill_nested_templates_with_typed_values(
     client: httpx.Client, workers: list[FakeWorker]
 ) -> None:
     model = unique_model()
-    body = {"input": "{USER_PROMPT}",
-            "params": {"temperature": "{MODEL_TEMPERATURE}", "model": "{MODEL_NAME}"},
-            "history": [{"q": "prefix {USER_PROMPT}"}]}
-    client.post("/api/server/register", json=template_registration(
-        model, workers[0], body=body, response_extract="data.items[].attributes.request"))
+    body = {
+        "input": "{USER_PROMPT}",
+        "params": {"temperature": "{MODEL_TEMPERATURE}", "model": "{MODEL_NAME}"},
+        "history": [{"q": "prefix {USER_PROMPT}"}],
+    }
+    client.post(
+        "/api/server/register",
+        json=template_registration(
+            model, workers[0], body=body, response_extract="data.items[].attributes.request"
+        ),
+    )
     sent = orjson.loads(ask(client, model, "hi", temperature=0.2).json()["result"])
-    assert sent == {"input": "hi", "params": {"temperature": 0.2, "model": model},
-                    "history": [{"q": "prefix hi"}]}
+    assert sent == {
+        "input": "hi",
+        "params": {"temperature": 0.2, "model": model},
+        "history": [{"q": "prefix hi"}],
+    }
 
 
 def test_without_response_extract_the_result_is_the_body_as_text(
@@ -56,10 +69,15 @@ def test_get_workers_take_the_prompt_in_the_url(
     client: httpx.Client, workers: list[FakeWorker]
 ) -> None:
     model = unique_model()
-    client.post("/api/server/register", json={
-        "model_name": model, "req_type": "GET",
-        "req_url_template": f"{workers[0].url}/api/generate?input={{USER_PROMPT}}",
-        "response_extract": "data.items[0].attributes.answer"})
+    client.post(
+        "/api/server/register",
+        json={
+            "model_name": model,
+            "req_type": "GET",
+            "req_url_template": f"{workers[0].url}/api/generate?input={{USER_PROMPT}}",
+            "response_extract": "data.items[0].attributes.answer",
+        },
+    )
     assert ask(client, model, "a b&c").json()["result"] == "[w1] a b&c"
 
 
@@ -89,15 +107,22 @@ def test_concurrent_prompts_each_get_their_own_answer(
 def test_unknown_model_is_404_in_the_operategpt_words(client: httpx.Client) -> None:
     reply = ask(client, "no-such-model", "hi")
     assert reply.status_code == 404
-    assert reply.json() == {"success": False,
-                            "msg": "The request model(no-such-model) not exist in llm worker manager"}
+    assert reply.json() == {
+        "success": False,
+        "msg": "The request model(no-such-model) not exist in llm worker manager",
+    }
 
 
 @pytest.mark.parametrize(
     "body",
-    [{"model_name": "m"}, {"input": "", "model_name": "m"}, {"input": 5, "model_name": "m"},
-     {"input": "hi"}, {"input": "hi", "model_name": "m", "temperature": "hot"},
-     {"input": "hi", "model_name": "m", "temperature": True}],
+    [
+        {"model_name": "m"},
+        {"input": "", "model_name": "m"},
+        {"input": 5, "model_name": "m"},
+        {"input": "hi"},
+        {"input": "hi", "model_name": "m", "temperature": "hot"},
+        {"input": "hi", "model_name": "m", "temperature": True},
+    ],
 )
 def test_bad_inference_input_is_a_4xx(client: httpx.Client, body: dict[str, object]) -> None:
     reply = client.post("/api/v1/chat/completions", json=body)
@@ -120,8 +145,12 @@ def test_a_missing_extract_path_names_the_path(
     client: httpx.Client, workers: list[FakeWorker]
 ) -> None:
     model = unique_model()
-    client.post("/api/server/register", json=template_registration(
-        model, workers[0], response_extract="data.items[].attributes.missing"))
+    client.post(
+        "/api/server/register",
+        json=template_registration(
+            model, workers[0], response_extract="data.items[].attributes.missing"
+        ),
+    )
     reply = ask(client, model, "hi")
     assert reply.status_code == 502
     assert "data.items[0].attributes.missing" in reply.json()["msg"]
@@ -132,10 +161,15 @@ def test_a_non_json_body_with_an_extract_path_is_a_failure(
 ) -> None:
     model = unique_model()
     # The fake worker's 404 page is JSON; its /_stats is too, so aim at a path that answers text.
-    client.post("/api/server/register", json={
-        "model_name": model, "req_type": "GET",
-        "req_url_template": f"{workers[0].url}/nothing-here?q={{USER_PROMPT}}",
-        "response_extract": "a"})
+    client.post(
+        "/api/server/register",
+        json={
+            "model_name": model,
+            "req_type": "GET",
+            "req_url_template": f"{workers[0].url}/nothing-here?q={{USER_PROMPT}}",
+            "response_extract": "a",
+        },
+    )
     reply = ask(client, model, "hi")
     assert reply.status_code == 502
     assert "HTTP 404" in reply.json()["msg"]
@@ -145,9 +179,14 @@ def test_an_unreachable_worker_is_a_failure_not_a_crash(client: httpx.Client) ->
     from tests.conftest import free_port
 
     model = unique_model()
-    client.post("/api/server/register", json={
-        "model_name": model, "body": {"input": "{USER_PROMPT}"},
-        "req_url_template": f"http://127.0.0.1:{free_port()}/api/generate"})
+    client.post(
+        "/api/server/register",
+        json={
+            "model_name": model,
+            "body": {"input": "{USER_PROMPT}"},
+            "req_url_template": f"http://127.0.0.1:{free_port()}/api/generate",
+        },
+    )
     reply = ask(client, model, "hi")
     assert reply.status_code == 502
     assert "cannot connect" in reply.json()["msg"]
@@ -159,9 +198,14 @@ def test_a_dead_worker_is_failed_over_to_another(
     from tests.conftest import free_port
 
     model = unique_model()
-    client.post("/api/server/register", json={
-        "model_name": model, "body": {"input": "{USER_PROMPT}"},
-        "req_url_template": f"http://127.0.0.1:{free_port()}/api/generate"})
+    client.post(
+        "/api/server/register",
+        json={
+            "model_name": model,
+            "body": {"input": "{USER_PROMPT}"},
+            "req_url_template": f"http://127.0.0.1:{free_port()}/api/generate",
+        },
+    )
     client.post("/api/server/register", json=template_registration(model, workers[2]))
     for _ in range(4):
         reply = ask(client, model, "still served")

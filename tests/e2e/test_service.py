@@ -18,12 +18,21 @@ def test_sigkill_and_restart_keeps_every_worker(tmp_path: Path, workers: list[Fa
     with first.client() as client:
         for i in range(20):
             worker = workers[i % 3]
-            reply = client.post("/api/server/register", json={
-                **template_registration(f"model-{i % 4}", worker),
-                "req_url_template": f"{worker.url}/api/generate?replica={i}"})
+            reply = client.post(
+                "/api/server/register",
+                json={
+                    **template_registration(f"model-{i % 4}", worker),
+                    "req_url_template": f"{worker.url}/api/generate?replica={i}",
+                },
+            )
             assert reply.status_code == 200
-        client.post("/api/server/offline", json={
-            "model_name": "model-0", "req_url_template": f"{workers[0].url}/api/generate?replica=0"})
+        client.post(
+            "/api/server/offline",
+            json={
+                "model_name": "model-0",
+                "req_url_template": f"{workers[0].url}/api/generate?replica=0",
+            },
+        )
         before = client.get("/api/server/workers").json()["data"]
     first.signal(signal.SIGKILL)
     first.wait()
@@ -34,9 +43,11 @@ def test_sigkill_and_restart_keeps_every_worker(tmp_path: Path, workers: list[Fa
             after = client.get("/api/server/workers").json()["data"]
             assert len(after) == 19
             assert [(w["id"], w["model_name"], w["req_url_template"]) for w in after] == [
-                (w["id"], w["model_name"], w["req_url_template"]) for w in before]
-            reply = client.post("/api/v1/chat/completions",
-                                json={"input": "after restart", "model_name": "model-1"})
+                (w["id"], w["model_name"], w["req_url_template"]) for w in before
+            ]
+            reply = client.post(
+                "/api/v1/chat/completions", json={"input": "after restart", "model_name": "model-1"}
+            )
             assert reply.json()["success"] is True
     finally:
         second.stop()
@@ -53,8 +64,11 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(
     result: dict[str, httpx.Response] = {}
 
     def call() -> None:
-        result["r"] = httpx.post(f"{balancer.url}/api/v1/chat/completions",
-                                 json={"input": "finish me", "model_name": "slow"}, timeout=10)
+        result["r"] = httpx.post(
+            f"{balancer.url}/api/v1/chat/completions",
+            json={"input": "finish me", "model_name": "slow"},
+            timeout=10,
+        )
 
     thread = threading.Thread(target=call)
     thread.start()
@@ -86,9 +100,12 @@ def test_config_file_settings_and_static_workers(tmp_path: Path, workers: list[F
         with balancer.client() as client:
             rows = client.get("/api/server/workers").json()["data"]
             assert sorted(r["api"] for r in rows) == ["openai", "template"]
-            answers = {client.post("/api/v1/chat/completions",
-                                   json={"input": "x", "model_name": "static"}).json()["result"]
-                       for _ in range(4)}
+            answers = {
+                client.post(
+                    "/api/v1/chat/completions", json={"input": "x", "model_name": "static"}
+                ).json()["result"]
+                for _ in range(4)
+            }
             assert answers == {"[w1] x", "[w2] x"}
             # admin_token came from the file
             denied = client.post("/api/server/register", json=openai_registration("m", workers[0]))
@@ -129,24 +146,29 @@ def test_admin_token_guards_register_and_offline(tmp_path: Path, workers: list[F
         with balancer.client() as client:
             registration = openai_registration("guarded", workers[0])
             assert client.post("/api/server/register", json=registration).status_code == 401
-            wrong = client.post("/api/server/register", json=registration,
-                                headers={"Authorization": "Bearer nope"})
+            wrong = client.post(
+                "/api/server/register", json=registration, headers={"Authorization": "Bearer nope"}
+            )
             assert wrong.status_code == 401
             assert wrong.json()["success"] is False
             right = {"Authorization": "Bearer t0ken"}
-            assert client.post("/api/server/register", json=registration,
-                               headers=right).status_code == 200
+            assert (
+                client.post("/api/server/register", json=registration, headers=right).status_code
+                == 200
+            )
             offline = {"model_name": "guarded", "req_url_template": f"{workers[0].url}/v1"}
             assert client.post("/api/server/offline", json=offline).status_code == 401
-            assert client.post("/api/server/offline", json=offline,
-                               headers=right).status_code == 200
+            assert (
+                client.post("/api/server/offline", json=offline, headers=right).status_code == 200
+            )
     finally:
         balancer.stop()
 
 
 def test_without_a_token_admin_is_loopback_only_with_a_warning(balancer: Balancer) -> None:
-    events = [json.loads(line) for line in balancer.log.read_text().splitlines()
-              if line.startswith("{")]
+    events = [
+        json.loads(line) for line in balancer.log.read_text().splitlines() if line.startswith("{")
+    ]
     assert any(e["event"] == "admin_open_to_loopback" and e["level"] == "warning" for e in events)
 
 
@@ -160,8 +182,9 @@ def test_api_keys_guard_inference(tmp_path: Path, workers: list[FakeWorker]) -> 
             client.post("/api/server/register", json=openai_registration("keyed", workers[0]))
             seed = {"input": "x", "model_name": "keyed"}
             assert client.post("/api/v1/chat/completions", json=seed).status_code == 401
-            ok = client.post("/api/v1/chat/completions", json=seed,
-                             headers={"Authorization": "Bearer k2"})
+            ok = client.post(
+                "/api/v1/chat/completions", json=seed, headers={"Authorization": "Bearer k2"}
+            )
             assert ok.status_code == 200
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="bad").models.list()
@@ -175,15 +198,21 @@ def test_every_call_is_logged_with_a_request_id(
     balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
 ) -> None:
     client.post("/api/server/register", json=openai_registration("logged", workers[0]))
-    reply = client.post("/api/v1/chat/completions", json={"input": "x", "model_name": "logged"},
-                        headers={"X-Request-ID": "trace-123"})
+    reply = client.post(
+        "/api/v1/chat/completions",
+        json={"input": "x", "model_name": "logged"},
+        headers={"X-Request-ID": "trace-123"},
+    )
     assert reply.headers["X-Request-ID"] == "trace-123"
     generated = client.get("/api/server/workers").headers["X-Request-ID"]
     assert len(generated) == 32
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        events = [json.loads(line) for line in balancer.log.read_text().splitlines()
-                  if line.startswith("{")]
+        events = [
+            json.loads(line)
+            for line in balancer.log.read_text().splitlines()
+            if line.startswith("{")
+        ]
         mine = [e for e in events if e.get("request_id") == "trace-123" and e["event"] == "request"]
         if mine:
             break
@@ -197,6 +226,10 @@ def test_every_call_is_logged_with_a_request_id(
 def test_secret_headers_never_reach_the_log(
     balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
 ) -> None:
-    client.post("/api/server/register", json=openai_registration(
-        "secretive", workers[0], header={"Authorization": "Bearer sk-do-not-log"}))
+    client.post(
+        "/api/server/register",
+        json=openai_registration(
+            "secretive", workers[0], header={"Authorization": "Bearer sk-do-not-log"}
+        ),
+    )
     assert "sk-do-not-log" not in balancer.log.read_text()

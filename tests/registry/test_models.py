@@ -81,10 +81,18 @@ def test_missing_required_fields_are_named() -> None:
 
 
 def test_openai_workers_need_no_prompt_placeholder() -> None:
-    spec = parse_spec({"model_name": "m", "api": "openai", "req_url_template": "http://h:8000/v1",
-                       "upstream_model": "meta/llama"})
+    spec = parse_spec(
+        {
+            "model_name": "m",
+            "api": "openai",
+            "req_url_template": "http://h:8000/v1",
+            "upstream_model": "meta/llama",
+        }
+    )
     assert spec.target_model == "meta/llama"
 
 
 def test_a_get_template_may_put_the_prompt_in_the_url() -> None:
-    parse_spec({"model_name": "m", "req_type": "get", "req_url_template": "http://h/q?p={USER_PROMPT}"})
+    parse_spec(
+        {"model_name": "m", "req_type": "get", "req_url_template": "http://h/q?p={USER_PROMPT}"}
+    )

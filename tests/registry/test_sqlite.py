@@ -7,13 +7,14 @@ from pathlib import Path
 import pytest
 
 from balancer.config import ConfigError
-from balancer.registry import Registry, open_store, parse_spec
 from balancer.errors import WorkerNotFound
+from balancer.registry import Registry, open_store, parse_spec
 
 
 def spec(model: str, port: int) -> object:
-    return parse_spec({"model_name": model, "api": "openai",
-                       "req_url_template": f"http://127.0.0.1:{port}/v1"})
+    return parse_spec(
+        {"model_name": model, "api": "openai", "req_url_template": f"http://127.0.0.1:{port}/v1"}
+    )
 
 
 def test_registrations_survive_reopening_the_file(tmp_path: Path) -> None:

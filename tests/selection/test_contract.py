@@ -10,8 +10,15 @@ from balancer.selection import POLICIES, Selector
 
 def make_workers(n: int) -> list[Worker]:
     return [
-        Worker(parse_spec({"model_name": "m", "api": "openai",
-                           "req_url_template": f"http://127.0.0.1:{9000 + i}/v1"}))
+        Worker(
+            parse_spec(
+                {
+                    "model_name": "m",
+                    "api": "openai",
+                    "req_url_template": f"http://127.0.0.1:{9000 + i}/v1",
+                }
+            )
+        )
         for i in range(n)
     ]
 

@@ -1,0 +1,1 @@
+"""Health probes: what a probe sends, the per-worker health state machine, and the scheduler."""
