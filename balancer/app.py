@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 from starlette.exceptions import HTTPException
 
@@ -21,8 +22,23 @@ from balancer.routes import admin, openai, ops, seed
 from balancer.selection import Selector
 from balancer.services import Services
 from balancer.transport import AiohttpTransport, Transport
+from probes.checks import Prober
+from probes.health import HealthPolicy
+from probes.monitor import HealthMonitor
+from probes.scheduler import ProbeScheduler
 
 log = get_logger("balancer.app")
+
+
+def health_policy(settings: Settings) -> HealthPolicy:
+    return HealthPolicy(
+        healthy_threshold=settings.healthy_threshold,
+        unhealthy_threshold=settings.unhealthy_threshold,
+        passive_failures=settings.passive_failures,
+        base_ejection_time=settings.base_ejection_time,
+        max_ejection_time=settings.max_ejection_time,
+        max_ejection_percent=settings.max_ejection_percent,
+    )
 
 
 def create_app(
@@ -35,10 +51,21 @@ def create_app(
 ) -> FastAPI:
     store = store if store is not None else open_store(settings.store)
     transport = transport if transport is not None else AiohttpTransport()
-    registry = Registry(store)
+    registry = Registry(store, health_policy=health_policy(settings))
     selector = Selector()
-    forwarder = Forwarder(registry, selector, transport, max_retries=settings.max_retries)
-    svc = Services(settings, store, registry, selector, transport, forwarder)
+    monitor = HealthMonitor(registry)
+    forwarder = Forwarder(
+        registry, selector, transport, max_retries=settings.max_retries, observers=[monitor]
+    )
+    probe_client = httpx.AsyncClient(timeout=settings.probe_timeout, follow_redirects=False)
+    probes = ProbeScheduler(
+        registry,
+        Prober(probe_client),
+        monitor,
+        interval=settings.probe_interval,
+        jitter=settings.probe_jitter,
+    )
+    svc = Services(settings, store, registry, selector, transport, forwarder, monitor, probes)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,10 +95,13 @@ def create_app(
             workers_loaded=loaded,
             workers=len(registry),
         )
+        probes.start()
         try:
             yield
         finally:
             # Requests in flight have drained by now (uvicorn waits for them first).
+            probes.shutdown()
+            await probe_client.aclose()
             if demo_workers is not None:
                 await demo_workers.stop()
             await transport.close()

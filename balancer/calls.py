@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -102,6 +103,31 @@ async def complete_text(
     return await _complete_text_template(transport, worker, prompt, temperature, request_id)
 
 
+@dataclass(frozen=True, slots=True)
+class TemplateRequest:
+    method: str
+    url: str
+    body: bytes | None
+    content_type: str | None
+
+
+def template_request(worker: Worker, prompt: str, temperature: float | None) -> TemplateRequest:
+    """The request a template worker gets for a prompt: its templates filled afresh."""
+    spec = worker.spec
+    values: dict[str, Any] = {
+        USER_PROMPT: prompt,
+        MODEL_NAME: spec.target_model,
+        MODEL_TEMPERATURE: DEFAULT_TEMPERATURE if temperature is None else temperature,
+    }
+    url = fill_url(spec.req_url_template, values)
+    if spec.req_type == "GET" or spec.body is None:
+        return TemplateRequest(spec.req_type, url, None, None)
+    filled = fill(spec.body, values)
+    if isinstance(filled, str):
+        return TemplateRequest(spec.req_type, url, filled.encode(), "text/plain; charset=utf-8")
+    return TemplateRequest(spec.req_type, url, orjson.dumps(filled), "application/json")
+
+
 async def _complete_text_template(
     transport: Transport,
     worker: Worker,
@@ -110,27 +136,14 @@ async def _complete_text_template(
     request_id: str | None,
 ) -> str:
     spec = worker.spec
-    values: dict[str, Any] = {
-        USER_PROMPT: prompt,
-        MODEL_NAME: spec.target_model,
-        MODEL_TEMPERATURE: DEFAULT_TEMPERATURE if temperature is None else temperature,
-    }
-    url = fill_url(spec.req_url_template, values)
-    body: bytes | None = None
-    content_type: str | None = None
-    if spec.req_type == "POST" and spec.body is not None:
-        filled = fill(spec.body, values)
-        if isinstance(filled, str):
-            body, content_type = filled.encode(), "text/plain; charset=utf-8"
-        else:
-            body, content_type = orjson.dumps(filled), "application/json"
+    request = template_request(worker, prompt, temperature)
     resp = await send(
         transport,
         worker,
-        spec.req_type,
-        url,
-        body=body,
-        headers=upstream_headers(worker, request_id, content_type),
+        request.method,
+        request.url,
+        body=request.body,
+        headers=upstream_headers(worker, request_id, request.content_type),
     )
     status = resp.status
     data = await read_all(worker, spec.req_url_template, resp)

@@ -73,6 +73,19 @@ class Settings(BaseSettings):
     healthy_threshold: int = Field(
         2, ge=1, description="Consecutive probe successes that return a worker to service."
     )
+    probe_jitter: float = Field(
+        0.1, ge=0, le=1, description="Random delay added to each probe, as a share of the interval."
+    )
+    passive_failures: int = Field(
+        5, ge=1, description="Consecutive failed live requests that eject a worker at once."
+    )
+    base_ejection_time: float = Field(
+        30.0, gt=0, description="Seconds a passive ejection lasts, times the ejections so far."
+    )
+    max_ejection_time: float = Field(300.0, gt=0, description="Longest passive ejection, seconds.")
+    max_ejection_percent: float = Field(
+        50.0, ge=0, le=100, description="Most of a model's workers live traffic may eject, in %."
+    )
     max_retries: int = Field(
         2, ge=0, description="Other workers tried after a failed attempt, per request."
     )

@@ -57,6 +57,8 @@ class FakeWorker:
         method, path = scope["method"], scope["path"]
         body = await _read_body(receive)
         b = self.behaviour
+        if not path.startswith("/_"):
+            self.served[path] = self.served.get(path, 0) + 1
         if path in ("/", "/health", "/healthz") and method == "GET":
             await _reply(send, b.health_status, {"status": "ok", "name": b.name})
             return
@@ -89,7 +91,6 @@ class FakeWorker:
             return
         if method == "GET":
             request = dict(_query(scope))
-        self.served[path] = self.served.get(path, 0) + 1
         if b.latency:
             await asyncio.sleep(b.latency)
         if b.fail_rate and self._random.random() < b.fail_rate:

@@ -7,7 +7,7 @@ The layers, outermost first: `Forwarder.run` (choose, fail over) → the caller'
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -24,6 +24,7 @@ from balancer.calls import (
     upstream_headers,
 )
 from balancer.errors import ModelNotFound, NoWorkerAvailable, UpstreamError
+from balancer.events import ForwardingObserver
 from balancer.logging import get_logger
 from balancer.registry import Registry, Worker
 from balancer.selection import Selector
@@ -40,19 +41,30 @@ class Lease:
     Taken before the first await and released exactly once, whichever path ends the attempt.
     """
 
-    __slots__ = ("_clock", "_released", "detached", "started", "worker")
+    __slots__ = ("_clock", "_observers", "_released", "detached", "started", "worker")
 
-    def __init__(self, worker: Worker, clock: Clock) -> None:
+    def __init__(
+        self, worker: Worker, clock: Clock, observers: Sequence[ForwardingObserver] = ()
+    ) -> None:
         worker.inflight += 1
         self.worker = worker
         self._clock = clock
+        self._observers = observers
         self.started = clock()
         self.detached = False
         self._released = False
 
-    def mark_latency(self) -> None:
-        """Record the time since the attempt started (first byte for streams, whole call else)."""
-        self.worker.latency_ms = (self._clock() - self.started) * 1000.0
+    def succeeded(self) -> None:
+        """The worker answered: record the time since the attempt started (to the first byte
+        for streams, the whole call otherwise)."""
+        seconds = self._clock() - self.started
+        self.worker.latency_ms = seconds * 1000.0
+        for observer in self._observers:
+            observer.attempt_succeeded(self.worker, seconds)
+
+    def failed(self, error: UpstreamError) -> None:
+        for observer in self._observers:
+            observer.attempt_failed(self.worker, error)
 
     def release(self) -> None:
         if not self._released:
@@ -76,12 +88,14 @@ class Forwarder:
         *,
         max_retries: int,
         clock: Clock = time.monotonic,
+        observers: Sequence[ForwardingObserver] = (),
     ) -> None:
         self.registry = registry
         self.selector = selector
         self.transport = transport
         self.max_retries = max_retries
         self.clock = clock
+        self.observers = list(observers)
 
     def workers_of(self, model: str) -> list[Worker]:
         workers = self.registry.workers_of(model)
@@ -112,11 +126,14 @@ class Forwarder:
                 break
             if panic:
                 log.warning("panic_routing", model=model, worker=worker.id)
+                for observer in self.observers:
+                    observer.panic(model, worker)
             tried.append(worker.id)
-            lease = Lease(worker, self.clock)
+            lease = Lease(worker, self.clock, self.observers)
             try:
                 value = await attempt(lease)
             except UpstreamError as exc:
+                lease.failed(exc)
                 if not exc.retryable:
                     raise
                 last = exc
@@ -127,7 +144,7 @@ class Forwarder:
                 if not lease.detached:
                     lease.release()
             if not lease.detached:
-                lease.mark_latency()
+                lease.succeeded()
             structlog.contextvars.bind_contextvars(worker=worker.id, attempts=len(tried))
             return Served(value, worker, len(tried))
         if last is None:
@@ -202,7 +219,7 @@ async def relay_openai(
     except BaseException:
         resp.close()
         raise
-    lease.mark_latency()
+    lease.succeeded()
     lease.detached = True
 
     def close() -> None:
@@ -231,7 +248,9 @@ async def _relay_rest(
             # (and no [DONE]) so the openai SDK raises instead of returning a cut answer.
             worker = lease.worker
             log.warning("stream_broken", model=worker.model, worker=worker.id, error=exc.message)
-            yield sse_error(f"worker {worker.id} ({url}) broke off the stream: {exc.message}")
+            message = f"worker {worker.id} ({url}) broke off the stream: {exc.message}"
+            lease.failed(UpstreamError(message, model=worker.model, worker=worker.id))
+            yield sse_error(message)
     finally:
         close()
 

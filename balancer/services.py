@@ -11,6 +11,8 @@ from balancer.forwarding import Forwarder
 from balancer.registry import Registry, Store
 from balancer.selection import Selector
 from balancer.transport import Transport
+from probes.monitor import HealthMonitor
+from probes.scheduler import ProbeScheduler
 
 
 @dataclass(slots=True)
@@ -21,6 +23,8 @@ class Services:
     selector: Selector
     transport: Transport
     forwarder: Forwarder
+    monitor: HealthMonitor
+    probes: ProbeScheduler
 
 
 def services(request: Request) -> Services:

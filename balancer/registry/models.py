@@ -20,6 +20,7 @@ from balancer.templating import (
     parse_extract_path,
 )
 from balancer.types import Api, WorkerStatus
+from probes.health import HealthPolicy, WorkerHealth
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -45,6 +46,7 @@ class WorkerSpec(BaseModel):
     weight: float = Field(1.0, gt=0)
     health_url: str | None = None
     timeout: float = Field(DEFAULT_WORKER_TIMEOUT, gt=0)
+    probe: Literal["health", "inference"] = "health"
     worker_type: str | None = None
     is_stream: bool | None = None
     req_param: dict[str, Any] | None = None
@@ -175,8 +177,8 @@ class Worker:
     """A registered worker and its live state (in flight, latency, health)."""
 
     spec: WorkerSpec
+    health: WorkerHealth = field(default_factory=lambda: WorkerHealth(HealthPolicy(), 0.0))
     extract: ExtractPath | None = None
-    status: WorkerStatus = "unknown"
     inflight: int = 0
     latency_ms: float | None = None
     removed: bool = False
@@ -193,6 +195,10 @@ class Worker:
     @property
     def model(self) -> str:
         return self.spec.model_name
+
+    @property
+    def status(self) -> WorkerStatus:
+        return self.health.status
 
     def describe(self) -> dict[str, Any]:
         """The listing shown by /api/server/workers, with secret header values redacted."""
@@ -213,4 +219,5 @@ class Worker:
             "header": redact_headers(spec.header),
             "health_url": spec.health_url,
             "timeout": spec.timeout,
+            "probe": spec.probe,
         }

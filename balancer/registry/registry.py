@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterator
 from typing import Literal
 
@@ -10,6 +11,8 @@ from balancer.errors import StoreUnavailable, WorkerNotFound
 from balancer.logging import get_logger
 from balancer.registry.models import Worker, WorkerSpec, normalise_url, worker_id
 from balancer.registry.store import Store
+from balancer.types import Clock
+from probes.health import HealthPolicy, WorkerHealth
 
 log = get_logger("balancer.registry")
 
@@ -18,8 +21,16 @@ Listener = Callable[[Change, Worker], None]
 
 
 class Registry:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        health_policy: HealthPolicy | None = None,
+        clock: Clock = time.monotonic,
+    ) -> None:
         self.store = store
+        self.health_policy = health_policy or HealthPolicy()
+        self.clock = clock
         self._by_model: dict[str, list[Worker]] = {}
         self._by_id: dict[str, Worker] = {}
         # Writes are serialised so the store and memory always agree on the order of changes.
@@ -82,7 +93,7 @@ class Registry:
             existing.set_spec(spec)
             self._emit("updated", existing)
             return existing, False
-        worker = Worker(spec)
+        worker = Worker(spec, WorkerHealth(self.health_policy, self.clock()))
         self._by_id[worker.id] = worker
         self._by_model.setdefault(worker.model, []).append(worker)
         self._emit("registered", worker)

@@ -24,11 +24,31 @@ async def readyz(request: Request) -> Response:
         await svc.store.ping()
     except Exception as exc:
         return json_response({"status": "unavailable", "reason": f"store: {exc!r}"}, 503)
+    if not svc.probes.running:
+        return json_response({"status": "unavailable", "reason": "probe scheduler stopped"}, 503)
     model = request.query_params.get("model")
     if model is not None:
-        workers = svc.registry.workers_of(model) or []
-        if not any(w.status != "ejected" for w in workers):
+        workers = svc.registry.workers_of(model)
+        if not workers:
             return json_response(
-                {"status": "unavailable", "reason": f"model {model} has no worker in service"}, 503
+                {"status": "unavailable", "reason": f"model {model} has no registered worker"}, 503
+            )
+        if not any(w.status == "healthy" for w in workers):
+            return json_response(
+                {"status": "unavailable", "reason": f"model {model} has no healthy worker"}, 503
             )
     return json_response({"status": "ready"})
+
+
+@router.get("/api/server/health")
+async def health(request: Request) -> Response:
+    """Per model and per worker: state, since when, failures, last probe, ejections."""
+    svc = services(request)
+    models = {}
+    for model in svc.registry.models():
+        workers = svc.registry.workers_of(model) or []
+        counts = {"healthy": 0, "ejected": 0, "unknown": 0}
+        for worker in workers:
+            counts[worker.status] += 1
+        models[model] = {**counts, "workers": [svc.monitor.describe(w) for w in workers]}
+    return json_response({"success": True, "data": models})

@@ -116,7 +116,7 @@ def test_an_upstream_400_reaches_the_client_unchanged(
     assert reply.json() == {
         "error": {"message": "messages is required", "type": "invalid_request_error"}
     }
-    assert workers[0].served()  # it did reach the worker
+    assert workers[0].served().get("/v1/chat/completions")  # it did reach the worker
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(
 
     thread = threading.Thread(target=call)
     thread.start()
-    while not fresh_worker.served():
+    while not fresh_worker.served().get("/api/generate"):
         time.sleep(0.02)
     balancer.signal(signal.SIGTERM)
     thread.join()

@@ -36,7 +36,7 @@ def test_spreads_across_all_selectable_workers(selector: Selector) -> None:
 
 def test_never_picks_an_ejected_worker(selector: Selector) -> None:
     workers = make_workers(3)
-    workers[1].status = "ejected"
+    workers[1].health.status = "ejected"
     for _ in range(100):
         worker, panic = selector.choose("m", workers)
         assert worker is not workers[1]
@@ -46,7 +46,7 @@ def test_never_picks_an_ejected_worker(selector: Selector) -> None:
 def test_panic_mode_when_every_worker_is_ejected(selector: Selector) -> None:
     workers = make_workers(2)
     for w in workers:
-        w.status = "ejected"
+        w.health.status = "ejected"
     worker, panic = selector.choose("m", workers)
     assert worker in workers
     assert panic

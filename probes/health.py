@@ -1,0 +1,155 @@
+"""A worker's health: a pure state machine fed by probe results and live-traffic outcomes.
+
+No I/O and no clock of its own: every transition is given `now` (monotonic seconds), so tests
+drive it on a fake clock. Each transition returns the change it made, if any, for the caller to
+log, count and reschedule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from balancer.types import WorkerStatus
+
+EjectionReason = Literal["probe", "passive"]
+
+DEFAULT_HEALTHY_THRESHOLD = 2
+DEFAULT_UNHEALTHY_THRESHOLD = 3
+DEFAULT_PASSIVE_FAILURES = 5
+DEFAULT_BASE_EJECTION_TIME = 30.0
+DEFAULT_MAX_EJECTION_TIME = 300.0
+DEFAULT_MAX_EJECTION_PERCENT = 50.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthPolicy:
+    healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD
+    """Consecutive good probes that bring an ejected worker back."""
+    unhealthy_threshold: int = DEFAULT_UNHEALTHY_THRESHOLD
+    """Consecutive failed probes that eject a worker."""
+    passive_failures: int = DEFAULT_PASSIVE_FAILURES
+    """Consecutive failed live requests (connect error, timeout, 5xx) that eject a worker."""
+    base_ejection_time: float = DEFAULT_BASE_EJECTION_TIME
+    max_ejection_time: float = DEFAULT_MAX_EJECTION_TIME
+    max_ejection_percent: float = DEFAULT_MAX_EJECTION_PERCENT
+    """At most this share of a model's workers may be ejected by live traffic."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    old: WorkerStatus
+    new: WorkerStatus
+    reason: str
+
+
+class WorkerHealth:
+    """The health of one worker."""
+
+    __slots__ = (
+        "consecutive_failures",
+        "consecutive_successes",
+        "ejected_until",
+        "ejection_reason",
+        "ejections",
+        "last_error",
+        "last_probe_at",
+        "last_probe_latency_ms",
+        "passive_failures",
+        "policy",
+        "since",
+        "status",
+    )
+
+    def __init__(self, policy: HealthPolicy, now: float) -> None:
+        self.policy = policy
+        self.status: WorkerStatus = "unknown"
+        self.since = now
+        self.consecutive_failures = 0
+        self.consecutive_successes = 0
+        self.passive_failures = 0
+        self.last_probe_at: float | None = None
+        self.last_probe_latency_ms: float | None = None
+        self.last_error: str | None = None
+        self.ejections = 0
+        self.ejection_reason: EjectionReason | None = None
+        self.ejected_until: float | None = None
+
+    def probe_succeeded(self, now: float, latency_ms: float) -> Transition | None:
+        self.last_probe_at = now
+        self.last_probe_latency_ms = latency_ms
+        self.consecutive_failures = 0
+        self.consecutive_successes += 1
+        if self.status == "unknown":
+            # A new worker that answers is in service at once: no reason to wait for a second.
+            return self._move("healthy", now, "first probe succeeded")
+        if self.status == "ejected":
+            if self.ejected_until is not None and now < self.ejected_until:
+                return None
+            if self.consecutive_successes >= self.policy.healthy_threshold:
+                return self._move("healthy", now, f"{self.consecutive_successes} probes succeeded")
+        return None
+
+    def probe_failed(self, now: float, error: str) -> Transition | None:
+        self.last_probe_at = now
+        self.last_error = error
+        self.consecutive_successes = 0
+        self.consecutive_failures += 1
+        if (
+            self.status != "ejected"
+            and self.consecutive_failures >= self.policy.unhealthy_threshold
+        ):
+            return self._eject(
+                now, "probe", f"{self.consecutive_failures} probes failed: {error}", until=None
+            )
+        return None
+
+    def request_succeeded(self) -> None:
+        self.passive_failures = 0
+
+    def request_failed(
+        self, now: float, error: str, siblings: Sequence[WorkerHealth]
+    ) -> Transition | None:
+        """A live request failed. `siblings` is every worker of the model, this one included."""
+        self.passive_failures += 1
+        self.last_error = error
+        if self.status == "ejected" or self.passive_failures < self.policy.passive_failures:
+            return None
+        if not may_eject(siblings, self.policy.max_ejection_percent):
+            return None
+        duration = min(
+            self.policy.base_ejection_time * (self.ejections + 1), self.policy.max_ejection_time
+        )
+        return self._eject(
+            now,
+            "passive",
+            f"{self.passive_failures} requests failed in a row: {error}",
+            until=now + duration,
+        )
+
+    def _eject(
+        self, now: float, reason: EjectionReason, why: str, until: float | None
+    ) -> Transition:
+        self.ejections += 1
+        self.ejection_reason = reason
+        self.ejected_until = until
+        self.consecutive_successes = 0
+        self.passive_failures = 0
+        return self._move("ejected", now, why)
+
+    def _move(self, new: WorkerStatus, now: float, reason: str) -> Transition:
+        transition = Transition(self.status, new, reason)
+        self.status = new
+        self.since = now
+        if new == "healthy":
+            self.ejection_reason = None
+            self.ejected_until = None
+            self.passive_failures = 0
+        return transition
+
+
+def may_eject(siblings: Sequence[WorkerHealth], max_percent: float) -> bool:
+    """Whether one more of these workers may be ejected without passing `max_percent`."""
+    ejected = sum(1 for h in siblings if h.status == "ejected")
+    return (ejected + 1) * 100.0 <= max_percent * len(siblings)

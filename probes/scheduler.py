@@ -1,0 +1,109 @@
+"""One APScheduler job per worker probes it on a timer; jobs follow the registry's changes."""
+
+from __future__ import annotations
+
+import logging
+import random
+from datetime import datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from balancer.logging import get_logger
+from balancer.registry import Registry, Worker
+from balancer.registry.registry import Change
+from probes.checks import Prober
+from probes.health import Transition
+from probes.monitor import HealthMonitor
+
+log = get_logger("probes.scheduler")
+
+DEFAULT_JITTER = 0.1
+
+
+class ProbeScheduler:
+    """Probes every worker every `interval` seconds (ejected ones twice as often, as Envoy's
+    unhealthy_interval does, so a worker that comes back is back soon)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        prober: Prober,
+        monitor: HealthMonitor,
+        *,
+        interval: float,
+        jitter: float = DEFAULT_JITTER,
+    ) -> None:
+        self.registry = registry
+        self.prober = prober
+        self.monitor = monitor
+        self.interval = interval
+        self.jitter = jitter
+        self._scheduler = AsyncIOScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        # APScheduler logs every run at INFO; a thousand workers would drown the real events.
+        logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        registry.subscribe(self._on_registry_change)
+        monitor.listeners.append(self._on_transition)
+
+    @property
+    def running(self) -> bool:
+        return bool(self._scheduler.running)
+
+    def start(self) -> None:
+        self._scheduler.start()
+        for worker in self.registry:
+            self._add(worker)
+
+    def shutdown(self) -> None:
+        if self._scheduler.running:
+            self._scheduler.shutdown(wait=False)
+
+    def has_job(self, worker_id: str) -> bool:
+        return self._scheduler.get_job(worker_id) is not None
+
+    def _interval_for(self, worker: Worker) -> float:
+        return self.interval / 2 if worker.status == "ejected" else self.interval
+
+    def _trigger(self, worker: Worker) -> IntervalTrigger:
+        interval = self._interval_for(worker)
+        return IntervalTrigger(seconds=interval, jitter=interval * self.jitter or None)
+
+    def _add(self, worker: Worker) -> None:
+        if not self._scheduler.running:
+            return  # start() adds every worker known by then.
+        # The first probe comes soon, spread a little so a restart does not probe all at once.
+        first = datetime.now().astimezone() + timedelta(
+            seconds=random.uniform(0, min(self.interval, 1.0) * self.jitter)
+        )
+        self._scheduler.add_job(
+            self._probe,
+            self._trigger(worker),
+            args=[worker],
+            id=worker.id,
+            replace_existing=True,
+            next_run_time=first,
+        )
+
+    def _on_registry_change(self, change: Change, worker: Worker) -> None:
+        if change == "removed":
+            if self.has_job(worker.id):
+                self._scheduler.remove_job(worker.id)
+        elif change == "registered" or not self.has_job(worker.id):
+            self._add(worker)
+
+    def _on_transition(self, worker: Worker, transition: Transition) -> None:
+        if "ejected" in (transition.old, transition.new) and self.has_job(worker.id):
+            self._scheduler.reschedule_job(worker.id, trigger=self._trigger(worker))
+
+    async def _probe(self, worker: Worker) -> None:
+        if worker.removed:
+            return
+        try:
+            result = await self.prober.probe(worker)
+        except Exception as exc:  # a bug in a probe must not kill its job
+            log.exception("probe_crashed", worker=worker.id, error=repr(exc))
+            return
+        if not worker.removed:
+            self.monitor.probe_result(worker, result)
