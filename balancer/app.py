@@ -16,8 +16,10 @@ from balancer.errors import BalancerError
 from balancer.forwarding import Forwarder
 from balancer.logging import get_logger
 from balancer.middleware import RequestContextMiddleware
-from balancer.registry import Registry, Store, WorkerSpec, open_store
+from balancer.registry import Registry, Store, Worker, WorkerSpec, open_store
+from balancer.registry.registry import Change
 from balancer.responses import handle_balancer_error, handle_http_error, handle_unexpected_error
+from balancer.retry_budget import RetryBudget
 from balancer.routes import admin, openai, ops, seed
 from balancer.selection import Selector
 from balancer.services import Services
@@ -52,11 +54,30 @@ def create_app(
     store = store if store is not None else open_store(settings.store)
     transport = transport if transport is not None else AiohttpTransport()
     registry = Registry(store, health_policy=health_policy(settings))
-    selector = Selector()
+    selector = Selector(settings.strategy)
     monitor = HealthMonitor(registry)
     forwarder = Forwarder(
-        registry, selector, transport, max_retries=settings.max_retries, observers=[monitor]
+        registry,
+        selector,
+        transport,
+        max_retries=settings.max_retries,
+        request_timeout=settings.request_timeout,
+        queue_timeout=settings.queue_timeout,
+        budget=lambda: RetryBudget(
+            ratio=settings.retry_budget_ratio,
+            min_per_second=settings.retry_budget_min_per_second,
+        ),
+        observers=[monitor],
     )
+
+    def forget_removed(change: Change, worker: Worker) -> None:
+        if change == "removed":
+            last = registry.workers_of(worker.model) is None
+            selector.forget(worker, last_of_model=last)
+            if last:
+                forwarder.forget(worker.model)
+
+    registry.subscribe(forget_removed)
     probe_client = httpx.AsyncClient(timeout=settings.probe_timeout, follow_redirects=False)
     probes = ProbeScheduler(
         registry,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,18 +53,42 @@ def transport_failure(worker: Worker, url: str, exc: TransportError) -> Upstream
         model=worker.model,
         worker=worker.id,
         retryable=True,
+        reason=exc.kind,
     )
 
 
-def status_failure(worker: Worker, url: str, status: int, body: bytes) -> UpstreamError:
+def status_failure(
+    worker: Worker, url: str, status: int, body: bytes, headers: Mapping[str, str] | None = None
+) -> UpstreamError:
     snippet = body[:300].decode("utf-8", "replace").strip()
+    retry_after = parse_retry_after(headers.get("Retry-After")) if headers else None
     return UpstreamError(
         f"worker {worker.id} ({url}) answered HTTP {status}" + (f": {snippet}" if snippet else ""),
         model=worker.model,
         worker=worker.id,
         retryable=status in RETRYABLE_STATUS,
         upstream_status=status,
+        reason=f"http_{status}" if status in RETRYABLE_STATUS else "http_4xx",
+        retry_after=retry_after if status == 429 else None,
     )
+
+
+MAX_RETRY_AFTER = 300.0
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delay-seconds or an HTTP date), capped at 5 minutes."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER) or None
 
 
 async def send(
@@ -148,7 +175,7 @@ async def _complete_text_template(
     status = resp.status
     data = await read_all(worker, spec.req_url_template, resp)
     if not 200 <= status < 300:
-        raise status_failure(worker, spec.req_url_template, status, data)
+        raise status_failure(worker, spec.req_url_template, status, data, resp.headers)
     if worker.extract is None:
         return data.decode("utf-8", "replace")
     source = f"worker {worker.id} ({spec.req_url_template})"
@@ -195,7 +222,7 @@ async def _complete_text_openai(
     status = resp.status
     data = await read_all(worker, url, resp)
     if not 200 <= status < 300:
-        raise status_failure(worker, url, status, data)
+        raise status_failure(worker, url, status, data, resp.headers)
     source = f"worker {worker.id} ({url})"
     try:
         return as_result_text(extract(orjson.loads(data), _CHAT_CONTENT_PATH, source))

@@ -16,6 +16,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from balancer.types import Strategy
+
 DEFAULT_PORT = 8007
 DEFAULT_STORE = "sqlite:///./balancer.db"
 DEFAULT_PROBE_INTERVAL = 5.0
@@ -86,8 +88,27 @@ class Settings(BaseSettings):
     max_ejection_percent: float = Field(
         50.0, ge=0, le=100, description="Most of a model's workers live traffic may eject, in %."
     )
+    strategy: Strategy = Field(
+        "least_latency",
+        description="Default worker selection: least_latency, weighted, round_robin, random or "
+        "least_requests (a registration's `strategy` sets it per model).",
+    )
     max_retries: int = Field(
         2, ge=0, description="Other workers tried after a failed attempt, per request."
+    )
+    retry_budget_ratio: float = Field(
+        0.2, ge=0, description="Retries may add at most this share to a model's requests."
+    )
+    retry_budget_min_per_second: float = Field(
+        3.0, ge=0, description="Retries per second a model may always make, whatever its traffic."
+    )
+    request_timeout: float = Field(
+        600.0, gt=0, description="Seconds a request may spend on all its attempts together."
+    )
+    queue_timeout: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds a request waits when every worker is at its max_concurrency.",
     )
     shutdown_grace: float = Field(
         30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM."

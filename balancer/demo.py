@@ -46,7 +46,6 @@ class DemoWorkers:
                     req_url_template=f"http://127.0.0.1:{port}/v1",
                     upstream_model="fake-model",
                     timeout=10.0,
-                    weight=1.0,
                 )
             )
         # uvicorn exposes only a flag for "started", so poll it briefly.

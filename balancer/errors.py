@@ -85,10 +85,18 @@ class UpstreamError(BalancerError):
         worker: str | None = None,
         retryable: bool = False,
         upstream_status: int | None = None,
+        reason: str = "invalid_response",
+        retry_after: float | None = None,
     ):
         super().__init__(message, model=model, worker=worker)
         self.retryable = retryable
         self.upstream_status = upstream_status
+        self.reason = reason
+        """A short, bounded label: connect, timeout, reset, http_<status>, invalid_response."""
+        self.retry_after = retry_after
+        # A client error from the worker (not 429) keeps its status: it is the worker's answer.
+        if upstream_status is not None and 400 <= upstream_status < 500 and upstream_status != 429:
+            self.status_code = upstream_status
 
 
 class UpstreamTimeout(UpstreamError):

@@ -245,6 +245,18 @@ class FakeWorker:
             },
         )
 
+    async def _text(self, request: dict[str, Any], send: Send) -> None:
+        prompt = request.get("input", request.get("prompt", ""))
+        text = self.answer(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
+            }
+        )
+        await send({"type": "http.response.body", "body": text.encode()})
+
     async def _generate(self, request: dict[str, Any], send: Send) -> None:
         prompt = request.get("input", request.get("prompt", ""))
         text = self.answer(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
@@ -259,6 +271,8 @@ _ROUTES = {
     ("POST", "/v1/embeddings"): FakeWorker._embeddings,
     ("POST", "/api/generate"): FakeWorker._generate,
     ("GET", "/api/generate"): FakeWorker._generate,
+    ("POST", "/api/text"): FakeWorker._text,
+    ("GET", "/api/text"): FakeWorker._text,
 }
 
 

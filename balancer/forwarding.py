@@ -6,6 +6,7 @@ The layers, outermost first: `Forwarder.run` (choose, fail over) → the caller'
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -27,11 +28,16 @@ from balancer.errors import ModelNotFound, NoWorkerAvailable, UpstreamError
 from balancer.events import ForwardingObserver
 from balancer.logging import get_logger
 from balancer.registry import Registry, Worker
-from balancer.selection import Selector
+from balancer.retry_budget import RetryBudget
+from balancer.selection import Choice, Selector
 from balancer.transport import Transport, TransportError
 from balancer.types import Clock
 
 T = TypeVar("T")
+
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_REQUEST_TIMEOUT = 600.0
+DEFAULT_QUEUE_TIMEOUT = 30.0
 log = get_logger("balancer.forwarding")
 
 
@@ -41,15 +47,28 @@ class Lease:
     Taken before the first await and released exactly once, whichever path ends the attempt.
     """
 
-    __slots__ = ("_clock", "_observers", "_released", "detached", "started", "worker")
+    __slots__ = (
+        "_clock",
+        "_observers",
+        "_on_release",
+        "_released",
+        "detached",
+        "started",
+        "worker",
+    )
 
     def __init__(
-        self, worker: Worker, clock: Clock, observers: Sequence[ForwardingObserver] = ()
+        self,
+        worker: Worker,
+        clock: Clock,
+        observers: Sequence[ForwardingObserver] = (),
+        on_release: Callable[[Worker], None] | None = None,
     ) -> None:
         worker.inflight += 1
         self.worker = worker
         self._clock = clock
         self._observers = observers
+        self._on_release = on_release
         self.started = clock()
         self.detached = False
         self._released = False
@@ -70,6 +89,8 @@ class Lease:
         if not self._released:
             self._released = True
             self.worker.inflight -= 1
+            if self._on_release is not None:
+                self._on_release(self.worker)
 
 
 @dataclass(slots=True)
@@ -86,7 +107,10 @@ class Forwarder:
         selector: Selector,
         transport: Transport,
         *,
-        max_retries: int,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        budget: Callable[[], RetryBudget] = RetryBudget,
         clock: Clock = time.monotonic,
         observers: Sequence[ForwardingObserver] = (),
     ) -> None:
@@ -94,8 +118,15 @@ class Forwarder:
         self.selector = selector
         self.transport = transport
         self.max_retries = max_retries
+        self.request_timeout = request_timeout
+        self.queue_timeout = queue_timeout
         self.clock = clock
-        self.observers = list(observers)
+        self.observers = [selector, *observers]
+        self._new_budget = budget
+        self._budgets: dict[str, RetryBudget] = {}
+        # Set (and replaced) when a slot of the model frees up; requests waiting for capacity
+        # wait on it. Only models with waiters have one.
+        self._capacity: dict[str, asyncio.Event] = {}
 
     def workers_of(self, model: str) -> list[Worker]:
         workers = self.registry.workers_of(model)
@@ -109,54 +140,159 @@ class Forwarder:
         attempt: Callable[[Lease], Awaitable[T]],
         *,
         accept: Callable[[Worker], bool] | None = None,
-        why_none: str = "",
     ) -> Served[T]:
-        """Try workers of `model` until one succeeds, never the same worker twice.
+        """Serve a request with a worker of `model`, or of its fallbacks when none can.
 
         An attempt raises a retryable UpstreamError to hand the request to another worker; an
         attempt that keeps its lease (a stream still being relayed) sets `lease.detached`.
         """
         workers = self.workers_of(model)
         structlog.contextvars.bind_contextvars(model=model)
+        deadline = self.clock() + self.request_timeout
+        outcome = await self._run_model(model, workers, attempt, accept, deadline)
+        if isinstance(outcome, Served):
+            return outcome
+        attempts = outcome.attempts
+        for fallback in self.registry.options(model).fallbacks:
+            fallback_workers = self.registry.workers_of(fallback)
+            if not fallback_workers:
+                continue
+            log.info("fallback", model=model, fallback=fallback, reason=outcome.reason)
+            result = await self._run_model(fallback, fallback_workers, attempt, accept, deadline)
+            attempts += result.attempts
+            if isinstance(result, Served):
+                result.attempts = attempts
+                return result
+        if attempts == 1 and outcome.last is not None and not outcome.budget_spent:
+            raise outcome.last  # one worker, one failure: its own words are the clearest
+        raise NoWorkerAvailable(f"model {model}: {outcome.reason}", model=model)
+
+    async def _run_model(
+        self,
+        model: str,
+        workers: list[Worker],
+        attempt: Callable[[Lease], Awaitable[T]],
+        accept: Callable[[Worker], bool] | None,
+        deadline: float,
+    ) -> Served[T] | _Unserved:
+        """Try workers of one model, never the same one twice, within the retry budget."""
+        strategy = self.registry.options(model).strategy
+        budget = self._budgets.get(model)
+        if budget is None:
+            budget = self._budgets[model] = self._new_budget()
+        budget.deposit(self.clock())
         tried: list[str] = []
         last: UpstreamError | None = None
-        for _ in range(1 + self.max_retries):
-            worker, panic = self.selector.choose(model, workers, exclude=tried, accept=accept)
+        queue_deadline = min(self.clock() + self.queue_timeout, deadline)
+        while len(tried) <= self.max_retries:
+            choice = self.selector.choose(
+                model, workers, exclude=tried, accept=accept, strategy=strategy
+            )
+            worker = choice.worker
             if worker is None:
-                break
-            if panic:
+                if choice.why == "at_capacity" and await self._wait_for_capacity(
+                    model, queue_deadline
+                ):
+                    continue
+                return _Unserved(len(tried), last, _why_none(model, workers, choice, last))
+            if tried:
+                now = self.clock()
+                if now >= deadline:
+                    return _Unserved(
+                        len(tried),
+                        last,
+                        f"request deadline passed; last error: {last.message if last else ''}",
+                    )
+                if not budget.try_withdraw(now):
+                    log.warning("retry_budget_exhausted", model=model)
+                    return _Unserved(
+                        len(tried),
+                        last,
+                        "retry budget exhausted (the model is "
+                        f"failing too often to retry); last error: "
+                        f"{last.message if last else ''}",
+                        budget_spent=True,
+                    )
+                for observer in self.observers:
+                    observer.retried(model, last.reason if last else "unknown")
+            if choice.panic:
                 log.warning("panic_routing", model=model, worker=worker.id)
                 for observer in self.observers:
                     observer.panic(model, worker)
             tried.append(worker.id)
-            lease = Lease(worker, self.clock, self.observers)
+            lease = Lease(worker, self.clock, self.observers, self._on_release)
             try:
                 value = await attempt(lease)
             except UpstreamError as exc:
                 lease.failed(exc)
+                if exc.retry_after:
+                    worker.skip_until = self.clock() + exc.retry_after
                 if not exc.retryable:
                     raise
                 last = exc
                 log.info("attempt_failed", model=model, worker=worker.id, error=exc.message)
                 continue
             finally:
-                # Cancellation (client gone) also lands here: the slot is freed either way.
+                # Cancellation (the client left) lands here too: the slot is freed either way.
                 if not lease.detached:
                     lease.release()
             if not lease.detached:
                 lease.succeeded()
             structlog.contextvars.bind_contextvars(worker=worker.id, attempts=len(tried))
             return Served(value, worker, len(tried))
-        if last is None:
-            raise NoWorkerAvailable(
-                why_none or f"no worker of model {model} can serve this request", model=model
-            )
-        if len(tried) == 1:
-            raise last
-        raise NoWorkerAvailable(
-            f"all {len(tried)} workers tried for model {model} failed; last error: {last.message}",
-            model=model,
+        return _Unserved(
+            len(tried),
+            last,
+            f"all {len(tried)} attempts failed; last error: {last.message if last else ''}",
         )
+
+    async def _wait_for_capacity(self, model: str, until: float) -> bool:
+        """Wait until a slot of the model frees up; False once `until` has passed."""
+        started = self.clock()
+        remaining = until - started
+        if remaining <= 0:
+            return False
+        event = self._capacity.get(model)
+        if event is None:
+            event = self._capacity[model] = asyncio.Event()
+        try:
+            await asyncio.wait_for(event.wait(), remaining)
+        except TimeoutError:
+            return False
+        finally:
+            waited = self.clock() - started
+            for observer in self.observers:
+                observer.queued(model, waited)
+        return True
+
+    def _on_release(self, worker: Worker) -> None:
+        event = self._capacity.pop(worker.model, None)
+        if event is not None:
+            event.set()
+
+    def forget(self, model: str) -> None:
+        """The model's last worker is gone: drop its budget."""
+        self._budgets.pop(model, None)
+
+
+@dataclass(slots=True)
+class _Unserved:
+    attempts: int
+    last: UpstreamError | None
+    reason: str
+    budget_spent: bool = False
+
+
+def _why_none(model: str, workers: list[Worker], choice: Choice, last: UpstreamError | None) -> str:
+    if choice.why == "at_capacity":
+        return "every worker is at its max_concurrency and none freed up in time"
+    if choice.why == "backing_off":
+        return "every worker asked to back off (429 with Retry-After)"
+    if last is not None:
+        ejected = all(w.status == "ejected" for w in workers)
+        note = " (all workers are ejected)" if ejected else ""
+        return f"every worker failed{note}; last error: {last.message}"
+    return "no worker of this model can serve this request"
 
 
 @dataclass(slots=True)
@@ -199,7 +335,7 @@ async def relay_openai(
     if not stream or resp.status != 200:
         data = await read_all(worker, url, resp)
         if resp.status in RETRYABLE_STATUS:
-            raise status_failure(worker, url, resp.status, data)
+            raise status_failure(worker, url, resp.status, data, resp.headers)
         # Other client errors (400, 401, 404, ...) are the upstream's word: relay them unchanged.
         return Relayed(resp.status, content_type, body=data)
     chunks = resp.chunks()
@@ -212,6 +348,7 @@ async def relay_openai(
             model=worker.model,
             worker=worker.id,
             retryable=True,
+            reason="reset",
         ) from None
     except TransportError as exc:
         resp.close()
@@ -249,7 +386,9 @@ async def _relay_rest(
             worker = lease.worker
             log.warning("stream_broken", model=worker.model, worker=worker.id, error=exc.message)
             message = f"worker {worker.id} ({url}) broke off the stream: {exc.message}"
-            lease.failed(UpstreamError(message, model=worker.model, worker=worker.id))
+            lease.failed(
+                UpstreamError(message, model=worker.model, worker=worker.id, reason=exc.kind)
+            )
             yield sse_error(message)
     finally:
         close()

@@ -11,6 +11,9 @@ WorkerStatus = Literal["unknown", "healthy", "ejected"]
 ClientApi = Literal["operategpt", "openai"]
 """Which of our two front APIs a client called; errors use that API's envelope."""
 
+Strategy = Literal["least_latency", "weighted", "round_robin", "random", "least_requests"]
+"""How a model's worker is chosen; see balancer/selection/."""
+
 Clock = Callable[[], float]
 """Monotonic seconds; injected so policies and health state run on a fake clock in tests."""
 

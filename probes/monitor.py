@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from balancer.errors import UpstreamError
+from balancer.events import NullObserver
 from balancer.logging import get_logger
 from balancer.registry import Registry, Worker
 from balancer.types import Clock
@@ -20,7 +21,7 @@ log = get_logger("probes")
 TransitionListener = Callable[[Worker, Transition], None]
 
 
-class HealthMonitor:
+class HealthMonitor(NullObserver):
     """Also a ForwardingObserver: live failures eject a worker without waiting for a probe."""
 
     def __init__(self, registry: Registry, clock: Clock = time.monotonic) -> None:

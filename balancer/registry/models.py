@@ -19,7 +19,7 @@ from balancer.templating import (
     contains_placeholder,
     parse_extract_path,
 )
-from balancer.types import Api, WorkerStatus
+from balancer.types import Api, Strategy, WorkerStatus
 from probes.health import HealthPolicy, WorkerHealth
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -47,6 +47,9 @@ class WorkerSpec(BaseModel):
     health_url: str | None = None
     timeout: float = Field(DEFAULT_WORKER_TIMEOUT, gt=0)
     probe: Literal["health", "inference"] = "health"
+    max_concurrency: int | None = Field(None, ge=1)
+    strategy: Strategy | None = None
+    fallbacks: list[str] | None = None
     worker_type: str | None = None
     is_stream: bool | None = None
     req_param: dict[str, Any] | None = None
@@ -59,6 +62,13 @@ class WorkerSpec(BaseModel):
             raise ValueError("must not be empty")
         if any(ord(c) < 32 for c in value):
             raise ValueError("must not contain control characters")
+        return value
+
+    @field_validator("fallbacks")
+    @classmethod
+    def _fallbacks(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not name.strip() for name in value):
+            raise ValueError("must be a list of model names")
         return value
 
     @field_validator("req_type", mode="before")
@@ -97,6 +107,12 @@ class WorkerSpec(BaseModel):
                 'where the prompt goes, e.g. "body": {"input": "{USER_PROMPT}"}; '
                 'for an OpenAI-compatible server register with "api": "openai"'
             )
+        return self
+
+    @model_validator(mode="after")
+    def _not_own_fallback(self) -> WorkerSpec:
+        if self.fallbacks and self.model_name in self.fallbacks:
+            raise ValueError(f"fallbacks must not name the model itself ({self.model_name})")
         return self
 
     @property
@@ -181,6 +197,8 @@ class Worker:
     extract: ExtractPath | None = None
     inflight: int = 0
     latency_ms: float | None = None
+    skip_until: float = 0.0
+    """Monotonic time before which this worker is not chosen (a 429's Retry-After)."""
     removed: bool = False
     id: str = field(init=False)
 
@@ -199,6 +217,11 @@ class Worker:
     @property
     def status(self) -> WorkerStatus:
         return self.health.status
+
+    @property
+    def at_capacity(self) -> bool:
+        limit = self.spec.max_concurrency
+        return limit is not None and self.inflight >= limit
 
     def describe(self) -> dict[str, Any]:
         """The listing shown by /api/server/workers, with secret header values redacted."""
@@ -220,4 +243,7 @@ class Worker:
             "health_url": spec.health_url,
             "timeout": spec.timeout,
             "probe": spec.probe,
+            "max_concurrency": spec.max_concurrency,
+            "strategy": spec.strategy,
+            "fallbacks": spec.fallbacks,
         }

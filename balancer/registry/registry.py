@@ -5,18 +5,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Literal
 
 from balancer.errors import StoreUnavailable, WorkerNotFound
 from balancer.logging import get_logger
 from balancer.registry.models import Worker, WorkerSpec, normalise_url, worker_id
 from balancer.registry.store import Store
-from balancer.types import Clock
+from balancer.types import Clock, Strategy
 from probes.health import HealthPolicy, WorkerHealth
 
 log = get_logger("balancer.registry")
 
 Change = Literal["registered", "updated", "removed"]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelOptions:
+    """What the workers of one model share; the latest registration that sets a field wins."""
+
+    strategy: Strategy | None = None
+    fallbacks: tuple[str, ...] = ()
+
+
+_NO_OPTIONS = ModelOptions()
 Listener = Callable[[Change, Worker], None]
 
 
@@ -36,6 +48,7 @@ class Registry:
         # Writes are serialised so the store and memory always agree on the order of changes.
         self._write_lock = asyncio.Lock()
         self._listeners: list[Listener] = []
+        self._options: dict[str, ModelOptions] = {}
 
     def subscribe(self, listener: Listener) -> None:
         """Be told of every registration, update and removal (probes and metrics listen)."""
@@ -83,11 +96,18 @@ class Registry:
             siblings.remove(worker)
             if not siblings:
                 del self._by_model[worker.model]
+                self._options.pop(worker.model, None)
             worker.removed = True
             self._emit("removed", worker)
             return worker
 
     def _put(self, spec: WorkerSpec) -> tuple[Worker, bool]:
+        if spec.strategy is not None or spec.fallbacks is not None:
+            options = self._options.get(spec.model_name, _NO_OPTIONS)
+            self._options[spec.model_name] = ModelOptions(
+                strategy=spec.strategy or options.strategy,
+                fallbacks=options.fallbacks if spec.fallbacks is None else tuple(spec.fallbacks),
+            )
         existing = self._by_id.get(spec.worker_id)
         if existing is not None:
             existing.set_spec(spec)
@@ -106,6 +126,9 @@ class Registry:
     def workers_of(self, model: str) -> list[Worker] | None:
         """The model's workers (the live list: do not modify), or None for an unknown model."""
         return self._by_model.get(model)
+
+    def options(self, model: str) -> ModelOptions:
+        return self._options.get(model, _NO_OPTIONS)
 
     def get(self, wid: str) -> Worker | None:
         return self._by_id.get(wid)

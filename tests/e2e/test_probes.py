@@ -113,8 +113,8 @@ def test_a_killed_worker_is_ejected_gets_no_traffic_and_comes_back(
     wait_for(
         lambda: status(api, model, doomed) == "healthy", within=HEALTHY_THRESHOLD * INTERVAL / 2 + 1
     )
-    answers = {ask(api, model).json()["result"] for _ in range(6)}
-    assert answers == {"[doomed] hi", "[steady] hi"}
+    answers = {ask(api, model).json()["result"] for _ in range(10)}
+    assert "[doomed] hi" in answers  # back in service
     assert health_of(api, model)[f"{doomed.url}/v1"]["ejections"] == 1
 
 
@@ -123,8 +123,12 @@ def test_live_failures_eject_a_worker_that_passes_its_probes(
 ) -> None:
     model = unique_model()
     sick, a, b = spawn("sick"), spawn("a"), spawn("b")
+    # Round robin keeps sending the sick worker its share (least_latency would route around it
+    # after one failure, and it would never fail five times in a row).
     for worker in (sick, a, b):
-        api.post("/api/server/register", json=openai_registration(model, worker))
+        api.post(
+            "/api/server/register", json=openai_registration(model, worker, strategy="round_robin")
+        )
     sick.control(fail_rate=1.0, fail_status=500)
     replies = [ask(api, model) for _ in range(30)]
     assert all(r.status_code == 200 for r in replies)  # failover hid every failure

@@ -160,19 +160,46 @@ def test_a_non_json_body_with_an_extract_path_is_a_failure(
     client: httpx.Client, workers: list[FakeWorker]
 ) -> None:
     model = unique_model()
-    # The fake worker's 404 page is JSON; its /_stats is too, so aim at a path that answers text.
+    url = f"{workers[0].url}/api/text"
     client.post(
-        "/api/server/register",
-        json={
-            "model_name": model,
-            "req_type": "GET",
-            "req_url_template": f"{workers[0].url}/nothing-here?q={{USER_PROMPT}}",
-            "response_extract": "a",
-        },
+        "/api/server/register", json=template_registration(model, workers[0], req_url_template=url)
     )
     reply = ask(client, model, "hi")
     assert reply.status_code == 502
+    assert "not JSON" in reply.json()["msg"]
+    assert "data.items[].attributes.answer" in reply.json()["msg"]
+    assert url in reply.json()["msg"]
+
+
+def test_a_plain_text_worker_needs_no_extract(
+    client: httpx.Client, workers: list[FakeWorker]
+) -> None:
+    model = unique_model()
+    client.post(
+        "/api/server/register",
+        json=template_registration(
+            model, workers[0], req_url_template=f"{workers[0].url}/api/text", response_extract=None
+        ),
+    )
+    assert ask(client, model, "plain").json()["result"] == "[w1] plain"
+
+
+def test_an_upstream_client_error_keeps_its_status_and_is_not_retried(
+    client: httpx.Client, workers: list[FakeWorker]
+) -> None:
+    model = unique_model()
+    for worker in workers:
+        client.post(
+            "/api/server/register",
+            json=template_registration(
+                model, worker, req_url_template=f"{worker.url}/nothing-here"
+            ),
+        )
+    reply = ask(client, model, "hi")
+    assert reply.status_code == 404
     assert "HTTP 404" in reply.json()["msg"]
+    total = sum(w.served().get("/nothing-here", 0) for w in workers)
+    assert total == 1
 
 
 def test_an_unreachable_worker_is_a_failure_not_a_crash(client: httpx.Client) -> None:

@@ -1,0 +1,33 @@
+"""Least requests: of two workers drawn at random, the one with fewer requests in flight per unit
+of weight (power of two choices: nearly as good as scanning all, without herding on one)."""
+
+from __future__ import annotations
+
+import random as _random
+from collections.abc import Sequence
+
+from balancer.registry.models import Worker
+from balancer.selection.base import StatelessPolicy
+
+
+def two_choices(
+    candidates: Sequence[Worker], rng: _random.Random
+) -> tuple[Worker, Worker] | Worker:
+    if len(candidates) == 1:
+        return candidates[0]
+    first, second = rng.sample(range(len(candidates)), 2)
+    return candidates[first], candidates[second]
+
+
+class LeastRequests(StatelessPolicy):
+    def __init__(self, rng: _random.Random | None = None) -> None:
+        self._rng = rng or _random.Random()
+
+    def pick(self, candidates: Sequence[Worker], now: float) -> Worker:
+        drawn = two_choices(candidates, self._rng)
+        if isinstance(drawn, Worker):
+            return drawn
+        a, b = drawn
+        load_a = (a.inflight + 1) / a.spec.weight
+        load_b = (b.inflight + 1) / b.spec.weight
+        return a if load_a <= load_b else b

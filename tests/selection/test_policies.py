@@ -1,0 +1,82 @@
+"""What each policy does beyond the contract."""
+
+import random
+
+from balancer.registry import Worker, parse_spec
+from balancer.selection.least_latency import DEFAULT_RTT, LeastLatency
+from balancer.selection.weighted import Weighted
+
+
+def worker(port: int, weight: float = 1.0) -> Worker:
+    return Worker(
+        parse_spec(
+            {
+                "model_name": "m",
+                "api": "openai",
+                "weight": weight,
+                "req_url_template": f"http://127.0.0.1:{port}/v1",
+            }
+        )
+    )
+
+
+def test_weighted_is_smooth_and_deterministic() -> None:
+    a, b, c = worker(1, 5), worker(2, 1), worker(3, 1)
+    policy = Weighted()
+    order = "".join("abc"[[a, b, c].index(policy.pick([a, b, c], 0.0))] for _ in range(7))
+    assert order == "aabacaa"  # nginx's example: no burst of five a's
+
+
+def test_least_latency_jumps_to_a_slow_sample_and_decays_back() -> None:
+    policy = LeastLatency(window=10.0)
+    w = worker(1)
+    policy.observe(w, 0.01, now=0.0)
+    policy.observe(w, 1.0, now=1.0)
+    assert policy.estimate(w.id, 1.0) == 1.0  # the peak, at once
+    for t in range(2, 40):
+        policy.observe(w, 0.01, now=float(t))
+    estimate = policy.estimate(w.id, 40.0)
+    assert estimate is not None and estimate < 0.05
+
+
+def test_least_latency_prefers_the_fast_worker() -> None:
+    policy = LeastLatency(random.Random(1))
+    fast, slow = worker(1), worker(2)
+    policy.observe(fast, 0.01, 0.0)
+    policy.observe(slow, 0.2, 0.0)
+    picks = [policy.pick([fast, slow], 0.1) for _ in range(100)]
+    assert picks.count(fast) == 100
+
+
+def test_a_failure_counts_as_a_long_sample() -> None:
+    policy = LeastLatency(failure_penalty=5.0)
+    w = worker(1)
+    policy.observe(w, 0.01, 0.0)
+    policy.observe_failure(w, 0.0)
+    assert policy.estimate(w.id, 0.0) == 5.0
+
+
+def test_a_new_worker_starts_at_its_siblings_average() -> None:
+    policy = LeastLatency(random.Random(1))
+    old, new = worker(1), worker(2)
+    policy.observe(old, 0.3, 0.0)
+    assert policy.estimate(new.id, 0.0) is None
+    assert policy._neutral([old, new], 0.0) == 0.3
+    assert policy._neutral([new], 0.0) == DEFAULT_RTT
+
+
+def test_in_flight_requests_raise_the_cost() -> None:
+    policy = LeastLatency(random.Random(1))
+    busy, idle = worker(1), worker(2)
+    policy.observe(busy, 0.01, 0.0)
+    policy.observe(idle, 0.03, 0.0)
+    busy.inflight = 10
+    assert all(policy.pick([busy, idle], 0.0) is idle for _ in range(20))
+
+
+def test_forgetting_a_worker_drops_its_estimate() -> None:
+    policy = LeastLatency()
+    w = worker(1)
+    policy.observe(w, 0.1, 0.0)
+    policy.forget(w.id)
+    assert policy.estimate(w.id, 0.0) is None
