@@ -31,6 +31,8 @@ class Behaviour:
     fail_rate: float = 0.0
     """Fraction of inference calls answered with `fail_status`."""
     fail_status: int = 500
+    retry_after: float = 0.0
+    """Sent as Retry-After with failures, when set."""
     chunks: int = 8
     """Chunks in a streamed answer."""
     chunk_delay: float = 0.0
@@ -94,10 +96,12 @@ class FakeWorker:
         if b.latency:
             await asyncio.sleep(b.latency)
         if b.fail_rate and self._random.random() < b.fail_rate:
+            extra = [(b"retry-after", str(b.retry_after).encode())] if b.retry_after else []
             await _reply(
                 send,
                 b.fail_status,
                 {"error": {"message": f"{b.name} failed on purpose", "type": "server_error"}},
+                extra,
             )
             return
         await handler(self, request, send)
@@ -305,8 +309,16 @@ async def _read_body(receive: Receive) -> bytes:
             return body
 
 
-async def _reply(send: Send, status: int, obj: Any) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": _JSON})
+async def _reply(
+    send: Send, status: int, obj: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": _JSON + headers if headers else _JSON,
+        }
+    )
     await send({"type": "http.response.body", "body": orjson.dumps(obj)})
 
 
