@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from balancer import __version__
@@ -15,6 +16,7 @@ from balancer.demo import DEMO_MODEL, DemoWorkers
 from balancer.errors import BalancerError
 from balancer.forwarding import Forwarder
 from balancer.logging import get_logger
+from balancer.metrics import Metrics
 from balancer.middleware import RequestContextMiddleware
 from balancer.registry import Registry, Store, Worker, WorkerSpec, open_store
 from balancer.registry.registry import Change
@@ -50,6 +52,7 @@ def create_app(
     demo: bool = False,
     store: Store | None = None,
     transport: Transport | None = None,
+    metrics_registry: CollectorRegistry | None = None,
 ) -> FastAPI:
     store = store if store is not None else open_store(settings.store)
     transport = transport if transport is not None else AiohttpTransport()
@@ -86,7 +89,13 @@ def create_app(
         interval=settings.probe_interval,
         jitter=settings.probe_jitter,
     )
-    svc = Services(settings, store, registry, selector, transport, forwarder, monitor, probes)
+    metrics = Metrics(metrics_registry or CollectorRegistry(auto_describe=True), registry)
+    forwarder.observers.append(metrics)
+    monitor.listeners.append(metrics.transition)
+    monitor.probe_listeners.append(metrics.probed)
+    svc = Services(
+        settings, store, registry, selector, transport, forwarder, monitor, probes, metrics
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -131,7 +140,7 @@ def create_app(
 
     app = FastAPI(title="llm-balancer", version=__version__, lifespan=lifespan)
     app.state.services = svc
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_exception_handler(BalancerError, handle_balancer_error)
     app.add_exception_handler(HTTPException, handle_http_error)
     app.add_exception_handler(Exception, handle_unexpected_error)

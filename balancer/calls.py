@@ -10,7 +10,9 @@ from typing import Any
 
 import orjson
 
+from balancer.accounting import record_tokens, usage_counts
 from balancer.errors import UpstreamError, UpstreamTimeout
+from balancer.openai_format import estimate_tokens
 from balancer.registry.models import Worker
 from balancer.templating import (
     DEFAULT_TEMPERATURE,
@@ -124,10 +126,16 @@ async def complete_text(
     temperature: float | None,
     request_id: str | None,
 ) -> str:
-    """One prompt in, the worker's answer text out, for either kind of worker."""
+    """One prompt in, the worker's answer text out, for either kind of worker.
+
+    Tokens are credited to the call under way: the worker's `usage` where it reports one, an
+    estimate otherwise.
+    """
     if worker.spec.api == "openai":
         return await _complete_text_openai(transport, worker, prompt, temperature, request_id)
-    return await _complete_text_template(transport, worker, prompt, temperature, request_id)
+    text = await _complete_text_template(transport, worker, prompt, temperature, request_id)
+    record_tokens(estimate_tokens(prompt), estimate_tokens(text), estimated=True)
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +233,8 @@ async def _complete_text_openai(
         raise status_failure(worker, url, status, data, resp.headers)
     source = f"worker {worker.id} ({url})"
     try:
-        return as_result_text(extract(orjson.loads(data), _CHAT_CONTENT_PATH, source))
+        document = orjson.loads(data)
+        text = as_result_text(extract(document, _CHAT_CONTENT_PATH, source))
     except (orjson.JSONDecodeError, ExtractError):
         raise UpstreamError(
             f"{source} did not return an OpenAI chat completion (no choices[0].message.content)",
@@ -233,6 +242,12 @@ async def _complete_text_openai(
             worker=worker.id,
             retryable=True,
         ) from None
+    counts = usage_counts(document)
+    if counts is None:
+        record_tokens(estimate_tokens(prompt), estimate_tokens(text), estimated=True)
+    else:
+        record_tokens(*counts, estimated=False)
+    return text
 
 
 def render_messages(messages: Any) -> str:

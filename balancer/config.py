@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         description="Default worker selection: least_latency, weighted, round_robin, random or "
         "least_requests (a registration's `strategy` sets it per model).",
     )
+    stream_usage: bool = Field(
+        True,
+        description="Ask OpenAI workers for token usage in streams (stream_options.include_usage)"
+        "; turn off for servers that reject the field.",
+    )
     max_retries: int = Field(
         2, ge=0, description="Other workers tried after a failed attempt, per request."
     )

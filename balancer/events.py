@@ -14,8 +14,9 @@ class ForwardingObserver(Protocol):
         """A worker answered (a 4xx from it counts: it is alive and said no). `seconds` is to
         the first byte for streams, the whole call otherwise."""
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError) -> None:
-        """A worker failed: could not connect, timed out, broke a stream, 5xx or 429."""
+    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
+        """A worker failed after `seconds`: could not connect, timed out, broke a stream, 5xx
+        or 429."""
 
     def retried(self, model: str, reason: str) -> None:
         """A failed attempt is being retried on another worker; `reason` names the failure."""
@@ -33,7 +34,7 @@ class NullObserver:
     def attempt_succeeded(self, worker: Worker, seconds: float) -> None:
         pass
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError) -> None:
+    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
         pass
 
     def retried(self, model: str, reason: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 import structlog
 
+from balancer.accounting import CallRecord, current_call, record_tokens, usage_counts
 from balancer.calls import (
     RETRYABLE_STATUS,
     openai_url,
@@ -30,6 +31,7 @@ from balancer.logging import get_logger
 from balancer.registry import Registry, Worker
 from balancer.retry_budget import RetryBudget
 from balancer.selection import Choice, Selector
+from balancer.sse import StreamTap
 from balancer.transport import Transport, TransportError
 from balancer.types import Clock
 
@@ -52,7 +54,9 @@ class Lease:
         "_observers",
         "_on_release",
         "_released",
+        "call",
         "detached",
+        "seconds",
         "started",
         "worker",
     )
@@ -69,21 +73,30 @@ class Lease:
         self._clock = clock
         self._observers = observers
         self._on_release = on_release
+        self.call = current_call.get()
         self.started = clock()
+        self.seconds = 0.0
         self.detached = False
         self._released = False
 
     def succeeded(self) -> None:
         """The worker answered: record the time since the attempt started (to the first byte
         for streams, the whole call otherwise)."""
-        seconds = self._clock() - self.started
+        self.seconds = seconds = self._clock() - self.started
         self.worker.latency_ms = seconds * 1000.0
+        if self.call is not None:
+            self.call.upstream_seconds += seconds
+            self.call.worker = self.worker.id
+            self.call.generation_seconds = seconds  # a stream replaces it when it ends
         for observer in self._observers:
             observer.attempt_succeeded(self.worker, seconds)
 
     def failed(self, error: UpstreamError) -> None:
+        seconds = self._clock() - self.started
+        if self.call is not None and not self.detached:
+            self.call.upstream_seconds += seconds
         for observer in self._observers:
-            observer.attempt_failed(self.worker, error)
+            observer.attempt_failed(self.worker, error, seconds)
 
     def release(self) -> None:
         if not self._released:
@@ -148,6 +161,9 @@ class Forwarder:
         """
         workers = self.workers_of(model)
         structlog.contextvars.bind_contextvars(model=model)
+        call = current_call.get()
+        if call is not None:
+            call.model = model
         deadline = self.clock() + self.request_timeout
         outcome = await self._run_model(model, workers, attempt, accept, deadline)
         if isinstance(outcome, Served):
@@ -315,6 +331,7 @@ async def relay_openai(
     *,
     stream: bool,
     request_id: str | None,
+    strip_usage: bool = False,
 ) -> Relayed:
     """One attempt at an OpenAI-compatible worker, body passed through.
 
@@ -337,6 +354,8 @@ async def relay_openai(
         if resp.status in RETRYABLE_STATUS:
             raise status_failure(worker, url, resp.status, data, resp.headers)
         # Other client errors (400, 401, 404, ...) are the upstream's word: relay them unchanged.
+        if resp.status == 200 and b'"usage"' in data:
+            _record_usage(data)
         return Relayed(resp.status, content_type, body=data)
     chunks = resp.chunks()
     try:
@@ -363,8 +382,9 @@ async def relay_openai(
         resp.close()
         lease.release()
 
+    tap = StreamTap(strip_usage=strip_usage)
     return Relayed(
-        200, content_type, stream=_relay_rest(first, chunks, close, lease, url), close=close
+        200, content_type, stream=_relay_rest(first, chunks, close, lease, url, tap), close=close
     )
 
 
@@ -374,12 +394,28 @@ async def _relay_rest(
     close: Callable[[], None],
     lease: Lease,
     url: str,
+    tap: StreamTap,
 ) -> AsyncIterator[bytes]:
+    call = lease.call
+    first_at = last_at = time.perf_counter()
+    if call is not None:
+        call.first_byte_at = first_at
+    token_seen = False
     try:
-        yield first
+        if call is not None and tap.has_token(first):
+            call.ttft, token_seen = first_at - call.started, True
+        yield tap.feed(first)
         try:
             async for chunk in chunks:
-                yield chunk
+                last_at = time.perf_counter()
+                if not token_seen and call is not None and tap.has_token(chunk):
+                    call.ttft, token_seen = last_at - call.started, True
+                out = tap.feed(chunk)
+                if out:
+                    yield out
+            tail = tap.flush()
+            if tail:
+                yield tail
         except TransportError as exc:
             # Too late to fail over: the client has our headers. End with an error event
             # (and no [DONE]) so the openai SDK raises instead of returning a cut answer.
@@ -392,6 +428,29 @@ async def _relay_rest(
             yield sse_error(message)
     finally:
         close()
+        if call is not None:
+            _record_stream_tokens(call, tap, first_at, last_at)
+
+
+def _record_usage(body: bytes) -> None:
+    try:
+        counts = usage_counts(orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return
+    if counts is not None:
+        record_tokens(*counts, estimated=False)
+
+
+def _record_stream_tokens(
+    call: CallRecord, tap: StreamTap, first_at: float, last_at: float
+) -> None:
+    if tap.usage is not None:
+        call.input_tokens, call.output_tokens = tap.usage
+        call.tokens_estimated = False
+    elif tap.content_chunks:
+        call.output_tokens, call.tokens_estimated = tap.content_chunks, True
+    if last_at > first_at:
+        call.generation_seconds = last_at - first_at
 
 
 def sse_error(message: str, code: str = "upstream_error") -> bytes:

@@ -9,7 +9,10 @@ from contextvars import ContextVar
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from balancer.accounting import CallRecord, current_call
 from balancer.logging import get_logger
+from balancer.metrics import Metrics
+from balancer.types import ClientApi
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 log = get_logger("balancer.access")
@@ -23,9 +26,18 @@ def _valid_request_id(raw: bytes) -> str | None:
     return None
 
 
+_INFERENCE_PATHS: dict[str, ClientApi] = {
+    "/v1/chat/completions": "openai",
+    "/v1/completions": "openai",
+    "/v1/embeddings": "openai",
+    "/api/v1/chat/completions": "operategpt",
+}
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics | None = None) -> None:
         self.app = app
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,6 +55,9 @@ class RequestContextMiddleware:
         structlog.contextvars.bind_contextvars(request_id=request_id)
         status = 500
         started = time.perf_counter()
+        api = _INFERENCE_PATHS.get(scope["path"])
+        call = CallRecord(api, started) if api is not None and self.metrics else None
+        current_call.set(call)
         header = (b"x-request-id", request_id.encode())
 
         async def send_with_id(message: Message) -> None:
@@ -56,6 +71,9 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             # A cancelled request (client gone) still gets its line, with the status it had.
+            now = time.perf_counter()
+            if call is not None and self.metrics is not None:
+                self.metrics.call_finished(call, status, now)
             path = scope["path"]
             if path not in _QUIET_PATHS:
                 log.info(
@@ -63,5 +81,5 @@ class RequestContextMiddleware:
                     method=scope["method"],
                     path=path,
                     status=status,
-                    latency_ms=round((time.perf_counter() - started) * 1000.0, 3),
+                    latency_ms=round((now - started) * 1000.0, 3),
                 )

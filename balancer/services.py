@@ -8,6 +8,7 @@ from starlette.requests import Request
 
 from balancer.config import Settings
 from balancer.forwarding import Forwarder
+from balancer.metrics import Metrics
 from balancer.registry import Registry, Store
 from balancer.selection import Selector
 from balancer.transport import Transport
@@ -25,6 +26,7 @@ class Services:
     forwarder: Forwarder
     monitor: HealthMonitor
     probes: ProbeScheduler
+    metrics: Metrics
 
 
 def services(request: Request) -> Services:

@@ -28,10 +28,13 @@ class HealthMonitor(NullObserver):
         self.registry = registry
         self.clock = clock
         self.listeners: list[TransitionListener] = []
+        self.probe_listeners: list[Callable[[Worker, ProbeResult], None]] = []
         self.panics = 0
 
     def probe_result(self, worker: Worker, result: ProbeResult) -> Transition | None:
         now = self.clock()
+        for listener in self.probe_listeners:
+            listener(worker, result)
         if result.ok:
             transition = worker.health.probe_succeeded(now, result.latency_ms)
         else:
@@ -42,7 +45,7 @@ class HealthMonitor(NullObserver):
     def attempt_succeeded(self, worker: Worker, seconds: float) -> None:
         worker.health.request_succeeded()
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError) -> None:
+    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
         status = error.upstream_status
         if status is not None and status < 500:
             return  # 429 says "slow down", not "I am broken".

@@ -81,15 +81,26 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
             )
         accept = _is_openai
     request_id = request_id_var.get()
+    options = data.get("stream_options")
+    client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+    # Streams carry token counts only when asked; ask on the client's behalf (and take the
+    # extra chunk out again) so that every stream is metered.
+    ask_usage = stream and from_template is not None and svc.settings.stream_usage
+    extra: dict[str, Any] = {}
+    if ask_usage and not client_wants_usage:
+        extra["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
     # Rewritten once per target name, not once per attempt.
     payloads: dict[str, bytes] = {}
 
     def payload_for(worker: Worker) -> bytes:
         target = worker.spec.target_model
-        if target == model:
+        if target == model and not extra:
             return raw
         if target not in payloads:
-            payloads[target] = orjson.dumps({**data, "model": target})
+            payloads[target] = orjson.dumps({**data, **extra, "model": target})
         return payloads[target]
 
     async def attempt(lease: Lease) -> Relayed:
@@ -101,6 +112,7 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
                 payload_for(lease.worker),
                 stream=stream,
                 request_id=request_id,
+                strip_usage=bool(extra),
             )
         assert from_template is not None
         return await from_template(svc, lease, data)

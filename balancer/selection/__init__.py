@@ -100,7 +100,7 @@ class Selector(NullObserver):
         if current is not None:
             current[1].observe(worker, seconds, self.clock())
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError) -> None:
+    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
         current = self._policies.get(worker.model)
         if current is not None:
             current[1].observe_failure(worker, self.clock())

@@ -1,0 +1,301 @@
+"""Prometheus metrics, on an injected CollectorRegistry (each test gets a fresh one).
+
+Label values are bounded: registered model names, worker ids, the API, a status code or a short
+reason; never a prompt, a request id or an unknown model's name (those count as `_unknown`).
+Children are cached per label tuple so the hot path makes no label look-ups, and dropped with
+the worker they describe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from balancer.accounting import CallRecord
+from balancer.errors import UpstreamError
+from balancer.events import NullObserver
+from balancer.registry import Registry, Worker
+from balancer.registry.registry import Change
+from probes.checks import ProbeResult
+from probes.health import Transition
+
+# `*_created` series double the exposition and no dashboard of ours reads them.
+disable_created_metrics()
+
+UNKNOWN_MODEL = "_unknown"
+
+DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
+    600.0,
+)
+TTFT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+OVERHEAD_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+TOKENS_PER_SECOND_BUCKETS = (
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    25.0,
+    50.0,
+    100.0,
+    250.0,
+    500.0,
+    1000.0,
+    2500.0,
+    5000.0,
+)
+PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+STATES = ("healthy", "ejected", "unknown")
+
+
+class Metrics(NullObserver):
+    """Every metric of the balancer. Also a ForwardingObserver and a health listener."""
+
+    def __init__(self, registry: CollectorRegistry, workers: Registry) -> None:
+        self.registry = registry
+        self.workers = workers
+        self.requests = Counter(
+            "balancer_requests_total",
+            "Inference requests answered, by status code.",
+            ["model", "worker", "api", "code"],
+            registry=registry,
+        )
+        self.request_duration = Histogram(
+            "balancer_request_duration_seconds",
+            "End-to-end time of an inference request, as the client saw it.",
+            ["model", "api"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.upstream_duration = Histogram(
+            "balancer_upstream_duration_seconds",
+            "Time of one attempt on a worker, to its answer (to the first byte for streams).",
+            ["model", "worker", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.overhead = Histogram(
+            "balancer_overhead_seconds",
+            "The balancer's own time in a request: end to end (first byte for streams) minus the "
+            "time spent waiting on workers.",
+            ["model", "api"],
+            buckets=OVERHEAD_BUCKETS,
+            registry=registry,
+        )
+        self.ttft = Histogram(
+            "balancer_time_to_first_token_seconds",
+            "Time to the first token of a stream.",
+            ["model", "worker"],
+            buckets=TTFT_BUCKETS,
+            registry=registry,
+        )
+        self.output_tokens = Counter(
+            "balancer_output_tokens_total",
+            "Completion tokens generated.",
+            ["model", "worker", "estimated"],
+            registry=registry,
+        )
+        self.input_tokens = Counter(
+            "balancer_input_tokens_total",
+            "Prompt tokens sent.",
+            ["model", "worker", "estimated"],
+            registry=registry,
+        )
+        self.tokens_per_second = Histogram(
+            "balancer_output_tokens_per_second",
+            "Completion tokens over generation time, per request.",
+            ["model", "estimated"],
+            buckets=TOKENS_PER_SECOND_BUCKETS,
+            registry=registry,
+        )
+        self.probe_duration = Histogram(
+            "balancer_probe_duration_seconds",
+            "Time of one health probe.",
+            ["model", "worker"],
+            buckets=PROBE_BUCKETS,
+            registry=registry,
+        )
+        self.probe_failures = Counter(
+            "balancer_probe_failures_total",
+            "Failed health probes.",
+            ["model", "worker"],
+            registry=registry,
+        )
+        self.ejections = Counter(
+            "balancer_ejections_total",
+            "Workers taken out of service.",
+            ["model", "worker", "reason"],
+            registry=registry,
+        )
+        self.retries = Counter(
+            "balancer_retries_total",
+            "Attempts retried on another worker, by the failure.",
+            ["model", "reason"],
+            registry=registry,
+        )
+        self.panics = Counter(
+            "balancer_panic_total",
+            "Requests routed to an ejected worker because all were.",
+            ["model"],
+            registry=registry,
+        )
+        self.queue_wait = Histogram(
+            "balancer_queue_wait_seconds",
+            "Time requests waited for a worker below its max_concurrency.",
+            ["model"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        registry.register(_WorkerStateCollector(workers))
+        self._children: dict[tuple[Any, ...], Any] = {}
+        workers.subscribe(self._on_registry_change)
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def call_finished(self, call: CallRecord, status: int, now: float) -> None:
+        """Record one inference request, when its last byte is sent."""
+        model = call.model or UNKNOWN_MODEL
+        worker = call.worker or ""
+        self._child(self.requests, model, worker, call.api, str(status)).inc()
+        self._child(self.request_duration, model, call.api).observe(now - call.started)
+        if call.worker is None:
+            return
+        until = call.first_byte_at if call.first_byte_at is not None else now
+        overhead = max(until - call.started - call.upstream_seconds, 0.0)
+        self._child(self.overhead, model, call.api).observe(overhead)
+        if call.ttft is not None:
+            self._child(self.ttft, model, worker).observe(call.ttft)
+        estimated = "true" if call.tokens_estimated else "false"
+        if call.input_tokens:
+            self._child(self.input_tokens, model, worker, estimated).inc(call.input_tokens)
+        if call.output_tokens:
+            self._child(self.output_tokens, model, worker, estimated).inc(call.output_tokens)
+            if call.generation_seconds:
+                self._child(self.tokens_per_second, model, estimated).observe(
+                    call.output_tokens / call.generation_seconds
+                )
+
+    # ForwardingObserver
+    def attempt_succeeded(self, worker: Worker, seconds: float) -> None:
+        self._child(self.upstream_duration, worker.model, worker.id, "success").observe(seconds)
+
+    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
+        self._child(self.upstream_duration, worker.model, worker.id, error.reason).observe(seconds)
+
+    def retried(self, model: str, reason: str) -> None:
+        self._child(self.retries, model, reason).inc()
+
+    def queued(self, model: str, seconds: float) -> None:
+        self._child(self.queue_wait, model).observe(seconds)
+
+    def panic(self, model: str, worker: Worker) -> None:
+        self._child(self.panics, model).inc()
+
+    # Health
+    def probed(self, worker: Worker, result: ProbeResult) -> None:
+        self._child(self.probe_duration, worker.model, worker.id).observe(
+            result.latency_ms / 1000.0
+        )
+        if not result.ok:
+            self._child(self.probe_failures, worker.model, worker.id).inc()
+
+    def transition(self, worker: Worker, transition: Transition) -> None:
+        if transition.new == "ejected":
+            reason = worker.health.ejection_reason or "probe"
+            self._child(self.ejections, worker.model, worker.id, reason).inc()
+
+    def _on_registry_change(self, change: Change, worker: Worker) -> None:
+        if change == "registered":
+            # Zero-valued series from the start, so alerts and dashboards see them at once.
+            self._child(self.probe_failures, worker.model, worker.id)
+            self._child(self.ejections, worker.model, worker.id, "probe")
+            self._child(self.ejections, worker.model, worker.id, "passive")
+        elif change == "removed":
+            self._forget(worker)
+
+    def _forget(self, worker: Worker) -> None:
+        """Drop every series of a removed worker: no memory grows with registration churn."""
+        for key in [k for k in self._children if worker.id in k[1:]]:
+            metric = next(m for m in self._all() if id(m) == key[0])
+            metric.remove(*key[1:])
+            del self._children[key]
+        if self.workers.workers_of(worker.model) is None:
+            for key in [k for k in self._children if k[1] == worker.model]:
+                metric = next(m for m in self._all() if id(m) == key[0])
+                metric.remove(*key[1:])
+                del self._children[key]
+
+    def _all(self) -> Iterator[Any]:
+        return (value for value in vars(self).values() if isinstance(value, Counter | Histogram))
+
+
+class _WorkerStateCollector(Collector):
+    """Gauges that mirror live state, read at scrape time instead of kept in step."""
+
+    def __init__(self, workers: Registry) -> None:
+        self.workers = workers
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        inflight = GaugeMetricFamily(
+            "balancer_inflight_requests",
+            "Requests in flight to a worker.",
+            labels=["model", "worker"],
+        )
+        up = GaugeMetricFamily(
+            "balancer_worker_up",
+            "1 if the worker may be chosen (not ejected), else 0.",
+            labels=["model", "worker"],
+        )
+        state = GaugeMetricFamily(
+            "balancer_worker_state",
+            "1 for the worker's current health state.",
+            labels=["model", "worker", "state"],
+        )
+        for worker in self.workers:
+            labels = [worker.model, worker.id]
+            inflight.add_metric(labels, worker.inflight)
+            up.add_metric(labels, 0 if worker.status == "ejected" else 1)
+            for name in STATES:
+                state.add_metric([*labels, name], 1 if worker.status == name else 0)
+        yield inflight
+        yield up
+        yield state
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
