@@ -24,7 +24,7 @@ from probes.checks import ProbeResult
 from probes.health import Transition
 
 # `*_created` series double the exposition and no dashboard of ours reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 UNKNOWN_MODEL = "_unknown"
 
