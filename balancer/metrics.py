@@ -246,6 +246,7 @@ class Metrics(NullObserver):
             self._child(self.probe_failures, worker.model, worker.id)
             self._child(self.ejections, worker.model, worker.id, "probe")
             self._child(self.ejections, worker.model, worker.id, "passive")
+            self._child(self.panics, worker.model)
         elif change == "removed":
             self._forget(worker)
 
