@@ -52,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to listen on [default: 8007]")
     serve.add_argument("--config", metavar="FILE", help="YAML file with settings and workers")
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="processes; only 1 is supported: the registry, health state and metrics live in "
+        "the process, so more would balance and count wrongly",
+    )
+    serve.add_argument(
         "--demo",
         action="store_true",
         help="also start three fake workers (fast, slow, flaky) as model 'demo', with an "
@@ -99,6 +107,12 @@ def _serve(args: argparse.Namespace) -> int:
     from balancer.logging import configure_logging, get_logger
 
     try:
+        if args.workers != 1:
+            raise ConfigError(
+                f"--workers {args.workers}: llm-balancer runs as one process (its registry, "
+                "health state and metrics are per process, so several would balance and count "
+                "wrongly); run one balancer per core behind your TCP load balancer instead"
+            )
         settings, workers = _load(args)
     except ConfigError as exc:
         configure_logging()
