@@ -1,0 +1,220 @@
+"""What every benchmark needs: processes pinned to cores, CPU time from /proc, wrk, nginx."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PROXY_CORE = "0"
+LOAD_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (and their threads) so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+class Proc:
+    """A process pinned to `cores`, its output in `log`, stopped by PID."""
+
+    def __init__(self, args: list[str], log: Path, *, cores: str, env: dict[str, str] | None = None):
+        self.args = ["taskset", "-c", cores, *args]
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_url: str | None = None, timeout: float = 20.0) -> Proc:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
+                                         env=self.env)
+        if ready_url:
+            deadline = time.monotonic() + timeout
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.args} exited:\n{self.log.read_text()[-2000:]}")
+                try:
+                    if httpx.get(ready_url, timeout=1).status_code < 500:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{ready_url} not up:\n{self.log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Proc, str]:
+    port = free_port()
+    args = [sys.executable, "-m", "balancer", "fake-worker", "--port", str(port), "--name", name]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    url = f"http://{HOST}:{port}"
+    return Proc(args, tmp / f"worker-{name}.log", cores=LOAD_CORE).start(url + "/health"), url
+
+
+def balancer(tmp: Path, *, env: dict[str, str] | None = None, name: str = "balancer") -> tuple[Proc, str]:
+    port = free_port()
+    url = f"http://{HOST}:{port}"
+    proc = Proc(
+        [sys.executable, "-m", "balancer", "serve", "--port", str(port)],
+        tmp / f"{name}.log", cores=PROXY_CORE,
+        env={"BALANCER_STORE": f"sqlite:///{tmp}/{name}-{port}.db", **(env or {})},
+    )
+    return proc.start(url + "/healthz"), url
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/nginx-body;
+    proxy_temp_path {tmp}/nginx-proxy;
+    fastcgi_temp_path {tmp}/nginx-fastcgi;
+    uwsgi_temp_path {tmp}/nginx-uwsgi;
+    scgi_temp_path {tmp}/nginx-scgi;
+    upstream workers {{
+{servers}
+        keepalive 256;
+    }}
+    server {{
+        listen {host}:{port};
+        location / {{
+            proxy_pass http://workers;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def nginx(tmp: Path, worker_urls: list[str]) -> tuple[Proc, str]:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    port = free_port()
+    servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in worker_urls)
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, host=HOST, port=port))
+    url = f"http://{HOST}:{port}"
+    proc = Proc([binary, "-c", str(conf), "-e", str(tmp / "nginx-error.log")], tmp / "nginx.log",
+                cores=PROXY_CORE)
+    return proc.start(url + "/health"), url
+
+
+def nginx_version() -> str:
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    done = subprocess.run([binary, "-v"], capture_output=True, text=True)
+    return done.stderr.strip().removeprefix("nginx version: ")
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '{body}'
+"""
+
+
+def wrk(url: str, body: str, *, connections: int, seconds: float, tmp: Path) -> WrkResult:
+    script = tmp / "post.lua"
+    script.write_text(WRK_SCRIPT.format(body=body))
+    done = subprocess.run(
+        ["taskset", "-c", LOAD_CORE, "wrk", "-t", "1", "-c", str(connections), "-d",
+         f"{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True, text=True, timeout=seconds + 30,
+    )
+    out = done.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = 0
+    if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
+        errors += int(match.group(1))
+    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
+                          out):
+        errors += sum(int(x) for x in match.groups())
+    return WrkResult(rps, _percentile(out, "50%"), _percentile(out, "99%"), requests, errors)
+
+
+def _percentile(out: str, which: str) -> float:
+    match = re.search(rf"^\s+{re.escape(which)}\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+    if match is None:
+        return float("nan")
+    value, unit = float(match.group(1)), match.group(2)
+    return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+
+def register(url: str, model: str, worker_urls: list[str], **fields: object) -> None:
+    for worker in worker_urls:
+        reply = httpx.post(f"{url}/api/server/register", json={
+            "model_name": model, "api": "openai", "req_url_template": f"{worker}/v1",
+            "upstream_model": "fake-model", **fields}, timeout=10)
+        reply.raise_for_status()
