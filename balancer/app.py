@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp
 
 from balancer import __version__
 from balancer.config import Settings
@@ -17,6 +19,7 @@ from balancer.errors import BalancerError
 from balancer.forwarding import Forwarder
 from balancer.logging import get_logger
 from balancer.metrics import Metrics
+from balancer.fastpath import FastPath
 from balancer.middleware import RequestContextMiddleware
 from balancer.registry import Registry, Store, Worker, WorkerSpec, open_store
 from balancer.registry.registry import Change
@@ -45,7 +48,23 @@ def health_policy(settings: Settings) -> HealthPolicy:
     )
 
 
-def create_app(
+def create_app(*args: Any, **kwargs: Any) -> ASGIApp:
+    """The balancer as an ASGI app: the inference fast path and the request-context middleware
+    in front of the FastAPI application (whose `.state.services` holds the parts)."""
+    api = create_api(*args, **kwargs)
+    fast = FastPath(
+        api,
+        {
+            ("POST", "/v1/chat/completions"): openai.chat_completions,
+            ("POST", "/v1/completions"): openai.completions,
+            ("POST", "/v1/embeddings"): openai.embeddings,
+            ("POST", "/api/v1/chat/completions"): seed.chat,
+        },
+    )
+    return RequestContextMiddleware(fast, metrics=api.state.services.metrics)
+
+
+def create_api(
     settings: Settings,
     *,
     static_workers: Sequence[WorkerSpec] = (),
@@ -140,7 +159,6 @@ def create_app(
 
     app = FastAPI(title="llm-balancer", version=__version__, lifespan=lifespan)
     app.state.services = svc
-    app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.add_exception_handler(BalancerError, handle_balancer_error)
     app.add_exception_handler(HTTPException, handle_http_error)
     app.add_exception_handler(Exception, handle_unexpected_error)

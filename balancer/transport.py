@@ -91,6 +91,8 @@ class AiohttpTransport:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        # One ClientTimeout per distinct worker timeout, not one per request.
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
 
     def _get_session(self) -> aiohttp.ClientSession:
         # Created lazily inside the running loop, as aiohttp requires.
@@ -112,7 +114,11 @@ class AiohttpTransport:
         body: bytes | None,
         timeout: float,
     ) -> UpstreamResponse:
-        client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeout, sock_read=timeout
+            )
         try:
             resp = await self._get_session().request(
                 method,

@@ -13,9 +13,14 @@ from balancer.selection.base import StatelessPolicy
 def two_choices(
     candidates: Sequence[Worker], rng: _random.Random
 ) -> tuple[Worker, Worker] | Worker:
-    if len(candidates) == 1:
+    n = len(candidates)
+    if n == 1:
         return candidates[0]
-    first, second = rng.sample(range(len(candidates)), 2)
+    # Two distinct indexes; cheaper than rng.sample, which builds a population each call.
+    first = rng.randrange(n)
+    second = rng.randrange(n - 1)
+    if second >= first:
+        second += 1
     return candidates[first], candidates[second]
 
 
