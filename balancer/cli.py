@@ -141,6 +141,8 @@ def _serve(args: argparse.Namespace) -> int:
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace or None,  # type: ignore[arg-type]
         server_header=False,
+        # X-Forwarded-For must not decide who counts as a loopback admin client.
+        proxy_headers=False,
     )
     server = Server(config)
     server.run()
