@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
@@ -16,10 +16,10 @@ from balancer import __version__
 from balancer.config import Settings
 from balancer.demo import DEMO_MODEL, DemoWorkers
 from balancer.errors import BalancerError
+from balancer.fastpath import FastPath
 from balancer.forwarding import Forwarder
 from balancer.logging import get_logger
 from balancer.metrics import Metrics
-from balancer.fastpath import FastPath
 from balancer.middleware import RequestContextMiddleware
 from balancer.registry import Registry, Store, Worker, WorkerSpec, open_store
 from balancer.registry.registry import Change

@@ -59,7 +59,9 @@ def children(pid: int) -> list[int]:
 class Proc:
     """A process pinned to `cores`, its output in `log`, stopped by PID."""
 
-    def __init__(self, args: list[str], log: Path, *, cores: str, env: dict[str, str] | None = None):
+    def __init__(
+        self, args: list[str], log: Path, *, cores: str, env: dict[str, str] | None = None
+    ):
         self.args = ["taskset", "-c", cores, *args]
         self.log = log
         self.env = {**os.environ, **(env or {})}
@@ -67,8 +69,9 @@ class Proc:
 
     def start(self, ready_url: str | None = None, timeout: float = 20.0) -> Proc:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT,
-                                         env=self.env)
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env
+            )
         if ready_url:
             deadline = time.monotonic() + timeout
             while True:
@@ -109,12 +112,15 @@ def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Proc, str]:
     return Proc(args, tmp / f"worker-{name}.log", cores=LOAD_CORE).start(url + "/health"), url
 
 
-def balancer(tmp: Path, *, env: dict[str, str] | None = None, name: str = "balancer") -> tuple[Proc, str]:
+def balancer(
+    tmp: Path, *, env: dict[str, str] | None = None, name: str = "balancer"
+) -> tuple[Proc, str]:
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = Proc(
         [sys.executable, "-m", "balancer", "serve", "--port", str(port)],
-        tmp / f"{name}.log", cores=PROXY_CORE,
+        tmp / f"{name}.log",
+        cores=PROXY_CORE,
         env={"BALANCER_STORE": f"sqlite:///{tmp}/{name}-{port}.db", **(env or {})},
     )
     return proc.start(url + "/healthz"), url
@@ -157,8 +163,11 @@ def nginx(tmp: Path, worker_urls: list[str]) -> tuple[Proc, str]:
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, host=HOST, port=port))
     url = f"http://{HOST}:{port}"
-    proc = Proc([binary, "-c", str(conf), "-e", str(tmp / "nginx-error.log")], tmp / "nginx.log",
-                cores=PROXY_CORE)
+    proc = Proc(
+        [binary, "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
+        tmp / "nginx.log",
+        cores=PROXY_CORE,
+    )
     return proc.start(url + "/health"), url
 
 
@@ -188,9 +197,25 @@ def wrk(url: str, body: str, *, connections: int, seconds: float, tmp: Path) -> 
     script = tmp / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=body))
     done = subprocess.run(
-        ["taskset", "-c", LOAD_CORE, "wrk", "-t", "1", "-c", str(connections), "-d",
-         f"{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True, text=True, timeout=seconds + 30,
+        [
+            "taskset",
+            "-c",
+            LOAD_CORE,
+            "wrk",
+            "-t",
+            "1",
+            "-c",
+            str(connections),
+            "-d",
+            f"{seconds}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
     )
     out = done.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -198,8 +223,9 @@ def wrk(url: str, body: str, *, connections: int, seconds: float, tmp: Path) -> 
     errors = 0
     if match := re.search(r"Non-2xx or 3xx responses: (\d+)", out):
         errors += int(match.group(1))
-    if match := re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)",
-                          out):
+    if match := re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    ):
         errors += sum(int(x) for x in match.groups())
     return WrkResult(rps, _percentile(out, "50%"), _percentile(out, "99%"), requests, errors)
 
@@ -214,7 +240,15 @@ def _percentile(out: str, which: str) -> float:
 
 def register(url: str, model: str, worker_urls: list[str], **fields: object) -> None:
     for worker in worker_urls:
-        reply = httpx.post(f"{url}/api/server/register", json={
-            "model_name": model, "api": "openai", "req_url_template": f"{worker}/v1",
-            "upstream_model": "fake-model", **fields}, timeout=10)
+        reply = httpx.post(
+            f"{url}/api/server/register",
+            json={
+                "model_name": model,
+                "api": "openai",
+                "req_url_template": f"{worker}/v1",
+                "upstream_model": "fake-model",
+                **fields,
+            },
+            timeout=10,
+        )
         reply.raise_for_status()

@@ -63,7 +63,8 @@ def median_cells(label: str, name: str, runs: list[tuple[object, float | None]])
     results = [r for r, _ in runs]
     cpus = [c for _, c in runs if c is not None]
     return Cell(
-        label, name,
+        label,
+        name,
         statistics.median(r.requests_per_second for r in results),  # type: ignore[attr-defined]
         statistics.median(r.p50_ms for r in results),  # type: ignore[attr-defined]
         statistics.median(r.p99_ms for r in results),  # type: ignore[attr-defined]
@@ -101,32 +102,50 @@ def run(tmp: Path, *, seconds: float = 5.0, rounds: int = 3) -> dict[str, object
                 for _ in range(rounds):
                     for proxy in proxies:
                         runs[proxy.name].append(
-                            measure(proxy, connections=connections, seconds=seconds, tmp=tmp))
+                            measure(proxy, connections=connections, seconds=seconds, tmp=tmp)
+                        )
                 row = [median_cells(label, p.name, runs[p.name]) for p in proxies]
                 direct = row[0].p50_ms
                 for cell in row:
                     cell.added_p50_ms = cell.p50_ms - direct
                 cells += row
-        streams = run_streams(proxies, tmp, seconds=seconds, rounds=rounds, worker_urls=[url1, url2])
+        streams = run_streams(
+            proxies, tmp, seconds=seconds, rounds=rounds, worker_urls=[url1, url2]
+        )
         return {"cells": cells, "streams": streams}
     finally:
         for proc in reversed(procs):
             proc.stop()
 
 
-def run_streams(proxies: list[Proxy], tmp: Path, *, seconds: float, rounds: int,
-                worker_urls: list[str]) -> list[dict[str, object]]:
+def run_streams(
+    proxies: list[Proxy], tmp: Path, *, seconds: float, rounds: int, worker_urls: list[str]
+) -> list[dict[str, object]]:
     for url in worker_urls:
-        httpx.post(url + "/_control", json={"latency": 0.0, "chunks": 16,
-                                            "chunk_delay": 0.005}).raise_for_status()
+        httpx.post(
+            url + "/_control", json={"latency": 0.0, "chunks": 16, "chunk_delay": 0.005}
+        ).raise_for_status()
     samples: dict[str, list[dict[str, float]]] = {p.name: [] for p in proxies}
     for _ in range(rounds):
         for proxy in proxies:
             before = cpu_seconds(proxy.pids) if proxy.pids else 0.0
             done = subprocess.run(
-                ["taskset", "-c", LOAD_CORE, sys.executable, "-m", "bench.sse_client",
-                 proxy.url + PATH, str(seconds), "16"],
-                capture_output=True, text=True, timeout=seconds + 60, check=True)
+                [
+                    "taskset",
+                    "-c",
+                    LOAD_CORE,
+                    sys.executable,
+                    "-m",
+                    "bench.sse_client",
+                    proxy.url + PATH,
+                    str(seconds),
+                    "16",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=seconds + 60,
+                check=True,
+            )
             result = json.loads(done.stdout)
             if proxy.pids and result["streams"]:
                 result["cpu_us"] = (cpu_seconds(proxy.pids) - before) / result["streams"] * 1e6

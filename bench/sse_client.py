@@ -14,17 +14,28 @@ import time
 
 import aiohttp
 
-BODY = json.dumps({"model": "bench", "stream": True,
-                   "messages": [{"role": "user", "content": "stream sixteen chunks please"}]})
+BODY = json.dumps(
+    {
+        "model": "bench",
+        "stream": True,
+        "messages": [{"role": "user", "content": "stream sixteen chunks please"}],
+    }
+)
 
 
-async def one_connection(session: aiohttp.ClientSession, url: str, until: float,
-                         samples: list[tuple[float, float, float]], errors: list[str]) -> None:
+async def one_connection(
+    session: aiohttp.ClientSession,
+    url: str,
+    until: float,
+    samples: list[tuple[float, float, float]],
+    errors: list[str],
+) -> None:
     while time.perf_counter() < until:
         started = time.perf_counter()
         try:
-            async with session.post(url, data=BODY,
-                                    headers={"Content-Type": "application/json"}) as resp:
+            async with session.post(
+                url, data=BODY, headers={"Content-Type": "application/json"}
+            ) as resp:
                 first_byte = time.perf_counter() - started
                 first_token = None
                 async for chunk in resp.content.iter_any():
@@ -44,14 +55,21 @@ async def main(url: str, seconds: float, connections: int) -> dict[str, float]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         until = time.perf_counter() + seconds
-        await asyncio.gather(*(one_connection(session, url, until, samples, errors)
-                               for _ in range(connections)))
+        await asyncio.gather(
+            *(one_connection(session, url, until, samples, errors) for _ in range(connections))
+        )
 
     def p50(index: int) -> float:
         return statistics.median(s[index] for s in samples) * 1000 if samples else float("nan")
 
-    return {"streams": len(samples), "errors": len(errors), "streams_per_second":
-            len(samples) / seconds, "ttfb_ms": p50(0), "ttft_ms": p50(1), "total_ms": p50(2)}
+    return {
+        "streams": len(samples),
+        "errors": len(errors),
+        "streams_per_second": len(samples) / seconds,
+        "ttfb_ms": p50(0),
+        "ttft_ms": p50(1),
+        "total_ms": p50(2),
+    }
 
 
 if __name__ == "__main__":
