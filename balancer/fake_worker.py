@@ -31,6 +31,8 @@ class Behaviour:
     fail_rate: float = 0.0
     """Fraction of inference calls answered with `fail_status`."""
     fail_status: int = 500
+    fail_fast: bool = False
+    """Fail before the latency, as a crashing server does, instead of after it."""
     retry_after: float = 0.0
     """Sent as Retry-After with failures, when set."""
     chunks: int = 8
@@ -93,9 +95,10 @@ class FakeWorker:
             return
         if method == "GET":
             request = dict(_query(scope))
-        if b.latency:
+        failing = bool(b.fail_rate) and self._random.random() < b.fail_rate
+        if b.latency and not (failing and b.fail_fast):
             await asyncio.sleep(b.latency)
-        if b.fail_rate and self._random.random() < b.fail_rate:
+        if failing:
             extra = [(b"retry-after", str(b.retry_after).encode())] if b.retry_after else []
             await _reply(
                 send,

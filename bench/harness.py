@@ -207,7 +207,7 @@ def wrk(url: str, body: str, *, connections: int, seconds: float, tmp: Path) -> 
             "-c",
             str(connections),
             "-d",
-            f"{seconds}s",
+            f"{max(1, round(seconds))}s",
             "--latency",
             "-s",
             str(script),
@@ -218,6 +218,8 @@ def wrk(url: str, body: str, *, connections: int, seconds: float, tmp: Path) -> 
         timeout=seconds + 30,
     )
     out = done.stdout
+    if "Requests/sec" not in out:
+        raise RuntimeError(f"wrk failed: {done.stdout}{done.stderr}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = 0
