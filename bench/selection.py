@@ -168,7 +168,11 @@ def simulate(policy: str, *, duration: float = 300.0, load: float = 0.7, seed: i
             selector.attempt_succeeded(w.worker, elapsed)
             latencies.append(now - request.arrived)
             served[w.name] += 1
-    latencies.sort()
+    return summarise(policy, latencies, errors, served)
+
+
+def summarise(policy: str, latencies: list[float], errors: int, served: dict[str, int]) -> Result:
+    latencies = sorted(latencies)
     total = len(latencies) + errors
     return Result(
         policy,
@@ -270,13 +274,4 @@ async def _live_load(
             tasks.append(asyncio.create_task(one(session)))
             await asyncio.sleep(rng.expovariate(rate))
         await asyncio.gather(*tasks)
-    latencies.sort()
-    total = len(latencies) + errors
-    return Result(
-        policy,
-        total,
-        statistics.fmean(latencies) * 1000,
-        latencies[min(len(latencies) - 1, math.ceil(0.99 * len(latencies)) - 1)] * 1000,
-        errors / total if total else 0.0,
-        {name: count / max(1, len(latencies)) for name, count in served.items()},
-    )
+    return summarise(policy, latencies, errors, served)

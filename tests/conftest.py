@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,22 @@ def balancer(session_tmp: Path) -> Iterator[Balancer]:
 def client(balancer: Balancer) -> Iterator[httpx.Client]:
     with balancer.client() as c:
         yield c
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., FakeWorker]]:
+    """Start fake workers of this test's own: spawn(name, latency=0.01, ...)."""
+    started: list[FakeWorker] = []
+
+    def make(name: str, **options: Any) -> FakeWorker:
+        worker = FakeWorker(tmp_path, name, **options)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
 
 
 @pytest.fixture

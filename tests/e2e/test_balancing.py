@@ -5,7 +5,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -21,21 +21,6 @@ from tests.conftest import (
     openai_registration,
     unique_model,
 )
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., FakeWorker]]:
-    started: list[FakeWorker] = []
-
-    def make(name: str, **options: Any) -> FakeWorker:
-        worker = FakeWorker(tmp_path, name, **options)
-        worker.start()
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in started:
-        worker.stop()
 
 
 class Load:

@@ -4,7 +4,6 @@ import json
 import signal
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,21 +35,6 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
 def api(prober: Balancer) -> Iterator[httpx.Client]:
     with prober.client() as client:
         yield client
-
-
-@pytest.fixture
-def spawn(tmp_path: Path) -> Iterator[Callable[..., FakeWorker]]:
-    started: list[FakeWorker] = []
-
-    def make(name: str, **options: Any) -> FakeWorker:
-        worker = FakeWorker(tmp_path, name, **options)
-        worker.start()
-        started.append(worker)
-        return worker
-
-    yield make
-    for worker in started:
-        worker.stop()
 
 
 def health_of(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
