@@ -94,7 +94,10 @@ def test_concurrent_prompts_each_get_their_own_answer(
 ) -> None:
     model = unique_model()
     for worker in workers:
-        client.post("/api/server/register", json=template_registration(model, worker))
+        client.post(
+            "/api/server/register",
+            json=template_registration(model, worker, strategy="round_robin"),
+        )
     prompts = [f"prompt number {i}" for i in range(60)]
     with ThreadPoolExecutor(16) as pool:
         replies = list(pool.map(lambda p: ask(client, model, p), prompts))

@@ -90,6 +90,7 @@ def test_config_file_settings_and_static_workers(tmp_path: Path, workers: list[F
         "probe_interval: 2.5\n"
         "workers:\n"
         f"  - model_name: static\n    api: openai\n    req_url_template: {workers[0].url}/v1\n"
+        "    strategy: round_robin\n"
         f"  - model_name: static\n    body: {{input: '{{USER_PROMPT}}'}}\n"
         f"    req_url_template: {workers[1].url}/api/generate\n"
         "    response_extract: data.items[].attributes.answer\n"
