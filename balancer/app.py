@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -35,6 +36,27 @@ from probes.monitor import HealthMonitor
 from probes.scheduler import ProbeScheduler
 
 log = get_logger("balancer.app")
+
+STORE_REFRESH_INTERVAL = 1.0
+GAUGE_REFRESH_INTERVAL = 1.0
+
+
+async def refresh_gauges(metrics: Metrics) -> None:
+    """Multiprocess mode: state gauges are written, not read at scrape time."""
+    while True:
+        metrics.refresh_gauges()
+        await asyncio.sleep(GAUGE_REFRESH_INTERVAL)
+
+
+async def follow_store(registry: Registry) -> None:
+    """Pick up registrations made by other processes sharing the store (`--workers N`)."""
+    while True:
+        await asyncio.sleep(STORE_REFRESH_INTERVAL)
+        try:
+            if await registry.refresh():
+                log.info("registry_refreshed", workers=len(registry))
+        except Exception as exc:
+            log.warning("store_refresh_failed", error=repr(exc))
 
 
 def health_policy(settings: Settings) -> HealthPolicy:
@@ -145,10 +167,16 @@ def create_api(
             workers=len(registry),
         )
         probes.start()
+        background = [asyncio.create_task(follow_store(registry))]
+        if metrics.multiprocess:
+            background.append(asyncio.create_task(refresh_gauges(metrics)))
         try:
             yield
         finally:
             # Requests in flight have drained by now (uvicorn waits for them first).
+            for task in background:
+                task.cancel()
+            metrics.process_exiting()
             probes.shutdown()
             await probe_client.aclose()
             if demo_workers is not None:

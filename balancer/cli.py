@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from balancer import __version__
 from balancer.config import (
+    ENV_PREFIX,
     ConfigError,
     Settings,
     load_settings,
@@ -19,6 +21,8 @@ from balancer.errors import BadRequest
 from balancer.registry import WorkerSpec, parse_spec
 
 _SERVE_OWN_FLAGS = ("host", "port")
+CONFIG_FILE_ENV = "BALANCER_CONFIG_FILE"
+"""Internal: how `--workers N` hands the --config path to its processes."""
 
 _EPILOG = """\
 settings (flag --name beats env BALANCER_NAME beats `name:` in the --config YAML file):
@@ -56,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="processes; only 1 is supported: the registry, health state and metrics live in "
-        "the process, so more would balance and count wrongly",
+        help="processes sharing the port (default 1); they share the registry through the "
+        "store and their metrics through prometheus-client's multiprocess mode",
     )
     serve.add_argument(
         "--demo",
@@ -107,20 +111,21 @@ def _serve(args: argparse.Namespace) -> int:
     from balancer.logging import configure_logging, get_logger
 
     try:
-        if args.workers != 1:
-            raise ConfigError(
-                f"--workers {args.workers}: llm-balancer runs as one process (its registry, "
-                "health state and metrics are per process, so several would balance and count "
-                "wrongly); run one balancer per core behind your TCP load balancer instead"
-            )
         settings, workers = _load(args)
+        if args.workers < 1:
+            raise ConfigError(f"--workers {args.workers}: give 1 or more processes")
+        if args.workers > 1 and (args.demo or settings.store.endswith(":memory:")):
+            raise ConfigError(
+                f"--workers {args.workers}: processes share their registry through the store, "
+                "so it must be a file (not --demo or :memory:)"
+            )
     except ConfigError as exc:
         configure_logging()
         get_logger("balancer").error("bad_configuration", error=str(exc))
         return 1
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-
-    import uvicorn
+    if args.workers > 1:
+        return _serve_processes(args, settings)
 
     from balancer.app import create_app
     from balancer.server import Server
@@ -130,7 +135,15 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         get_logger("balancer").error("bad_configuration", error=str(exc))
         return 1
-    config = uvicorn.Config(
+    server = Server(_uvicorn_config(app, settings))
+    server.run()
+    return 0 if server.started else 1
+
+
+def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
+    import uvicorn
+
+    return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -143,27 +156,76 @@ def _serve(args: argparse.Namespace) -> int:
         server_header=False,
         # X-Forwarded-For must not decide who counts as a loopback admin client.
         proxy_headers=False,
+        **extra,
     )
-    server = Server(config)
-    server.run()
-    return 0 if server.started else 1
+
+
+def _serve_processes(args: argparse.Namespace, settings: Settings) -> int:
+    """Run `--workers N` processes sharing one socket, one store and one metrics directory."""
+    import shutil
+    import tempfile
+
+    from uvicorn.supervisors import Multiprocess
+
+    # The children rebuild their settings from the environment: flags go there (they beat it).
+    for name in Settings.model_fields:
+        value = getattr(args, name, None)
+        if value is not None:
+            os.environ[ENV_PREFIX + name.upper()] = str(value)
+    if args.config:
+        os.environ[CONFIG_FILE_ENV] = os.path.abspath(args.config)
+    metrics_dir = tempfile.mkdtemp(prefix="llm-balancer-metrics-")
+    # Set before any child imports prometheus_client, which picks its storage at import.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        config = _uvicorn_config(
+            "balancer.cli:app_from_env", settings, factory=True, workers=args.workers
+        )
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[sock]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def app_from_env() -> Any:
+    """The app of one `--workers N` process, from the settings its parent put in the environment."""
+    from balancer.app import create_app
+    from balancer.logging import configure_logging
+
+    file_values = (
+        read_config_file(os.environ[CONFIG_FILE_ENV]) if CONFIG_FILE_ENV in os.environ else {}
+    )
+    settings, workers = load_configuration(file_values, {})
+    configure_logging(log_format=settings.log_format, level=settings.log_level)
+    return create_app(settings, static_workers=workers)
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, list[WorkerSpec]]:
     file_values: dict[str, Any] = read_config_file(args.config) if args.config else {}
-    raw_workers = file_values.pop("workers", None) or []
-    if not isinstance(raw_workers, list):
-        raise ConfigError("`workers:` in the config file must be a list of registrations")
     overrides = {
         name: getattr(args, name)
         for name in Settings.model_fields
         if getattr(args, name, None) is not None
     }
-    if args.demo and "store" not in overrides and "store" not in file_values:
-        import os
+    if (
+        args.demo
+        and "store" not in overrides
+        and "store" not in file_values
+        and "BALANCER_STORE" not in os.environ
+    ):
+        overrides["store"] = "sqlite:///:memory:"
+    return load_configuration(file_values, overrides)
 
-        if "BALANCER_STORE" not in os.environ:
-            overrides["store"] = "sqlite:///:memory:"
+
+def load_configuration(
+    file_values: dict[str, Any], overrides: dict[str, Any]
+) -> tuple[Settings, list[WorkerSpec]]:
+    """Settings (flags, environment, file) and the file's static `workers:`."""
+    file_values = dict(file_values)
+    raw_workers = file_values.pop("workers", None) or []
+    if not isinstance(raw_workers, list):
+        raise ConfigError("`workers:` in the config file must be a list of registrations")
     settings = load_settings(file_values=file_values, overrides=overrides)
     workers = []
     for index, raw in enumerate(raw_workers):

@@ -8,11 +8,21 @@ the worker they describe.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+    multiprocess,
+)
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from balancer.accounting import CallRecord
@@ -77,6 +87,9 @@ TOKENS_PER_SECOND_BUCKETS = (
 )
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATES = ("healthy", "ejected", "unknown")
+_INFLIGHT_HELP = "Requests in flight to a worker."
+_UP_HELP = "1 if the worker may be chosen (not ejected), else 0."
+_STATE_HELP = "1 for the worker's current health state."
 
 
 class Metrics(NullObserver):
@@ -177,7 +190,35 @@ class Metrics(NullObserver):
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
-        registry.register(_WorkerStateCollector(workers))
+        # Several processes (`--workers N`) share their counts through files in
+        # PROMETHEUS_MULTIPROC_DIR; a collector reading one process's state at scrape time would
+        # then show only the process that happened to answer the scrape, so the state gauges
+        # become ordinary gauges that each process refreshes every second.
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        if self.multiprocess:
+            self.inflight = Gauge(
+                "balancer_inflight_requests",
+                _INFLIGHT_HELP,
+                ["model", "worker"],
+                multiprocess_mode="livesum",
+                registry=registry,
+            )
+            self.worker_up = Gauge(
+                "balancer_worker_up",
+                _UP_HELP,
+                ["model", "worker"],
+                multiprocess_mode="livemax",
+                registry=registry,
+            )
+            self.worker_state = Gauge(
+                "balancer_worker_state",
+                _STATE_HELP,
+                ["model", "worker", "state"],
+                multiprocess_mode="livemax",
+                registry=registry,
+            )
+        else:
+            registry.register(_WorkerStateCollector(workers))
         self._children: dict[tuple[Any, ...], Any] = {}
         workers.subscribe(self._on_registry_change)
 
@@ -187,6 +228,36 @@ class Metrics(NullObserver):
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
+
+    def exposition(self) -> bytes:
+        """The text Prometheus scrapes: every family, with HELP and TYPE even before a value."""
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        text = generate_latest(merged)
+        # Families no process has written yet are missing from the files: announce them anyway.
+        missing = []
+        for metric in self.registry.collect():
+            name = metric.name + ("_total" if metric.type == "counter" else "")
+            if f"# TYPE {name} ".encode() not in text:
+                missing.append(
+                    f"# HELP {name} {metric.documentation}\n# TYPE {name} {metric.type}\n"
+                )
+        return text + "".join(missing).encode()
+
+    def refresh_gauges(self) -> None:
+        """Multiprocess mode: copy this process's live state into its gauges."""
+        for worker in self.workers:
+            labels = (worker.model, worker.id)
+            self._child(self.inflight, *labels).set(worker.inflight)
+            self._child(self.worker_up, *labels).set(0 if worker.status == "ejected" else 1)
+            for name in STATES:
+                self._child(self.worker_state, *labels, name).set(1 if worker.status == name else 0)
+
+    def process_exiting(self) -> None:
+        if self.multiprocess:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def call_finished(self, call: CallRecord, status: int, now: float) -> None:
         """Record one inference request, when its last byte is sent."""
@@ -263,7 +334,9 @@ class Metrics(NullObserver):
                 del self._children[key]
 
     def _all(self) -> Iterator[Any]:
-        return (value for value in vars(self).values() if isinstance(value, Counter | Histogram))
+        return (
+            value for value in vars(self).values() if isinstance(value, Counter | Histogram | Gauge)
+        )
 
 
 class _WorkerStateCollector(Collector):
@@ -275,17 +348,17 @@ class _WorkerStateCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         inflight = GaugeMetricFamily(
             "balancer_inflight_requests",
-            "Requests in flight to a worker.",
+            _INFLIGHT_HELP,
             labels=["model", "worker"],
         )
         up = GaugeMetricFamily(
             "balancer_worker_up",
-            "1 if the worker may be chosen (not ejected), else 0.",
+            _UP_HELP,
             labels=["model", "worker"],
         )
         state = GaugeMetricFamily(
             "balancer_worker_state",
-            "1 for the worker's current health state.",
+            _STATE_HELP,
             labels=["model", "worker", "state"],
         )
         for worker in self.workers:

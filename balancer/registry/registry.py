@@ -49,6 +49,7 @@ class Registry:
         self._write_lock = asyncio.Lock()
         self._listeners: list[Listener] = []
         self._options: dict[str, ModelOptions] = {}
+        self._seen_version: int | None = None
 
     def subscribe(self, listener: Listener) -> None:
         """Be told of every registration, update and removal (probes and metrics listen)."""
@@ -56,6 +57,7 @@ class Registry:
 
     async def load(self) -> int:
         """Fill memory from the store at start-up."""
+        self._seen_version = await self.store.version()
         specs = await self.store.load()
         for spec in specs:
             self._put(spec)
@@ -91,15 +93,39 @@ class Registry:
                 raise StoreUnavailable(
                     "could not save the removal; the worker is still registered", model=model_name
                 ) from exc
-            del self._by_id[wid]
-            siblings = self._by_model[worker.model]
-            siblings.remove(worker)
-            if not siblings:
-                del self._by_model[worker.model]
-                self._options.pop(worker.model, None)
-            worker.removed = True
-            self._emit("removed", worker)
+            self._drop(worker)
             return worker
+
+    async def refresh(self) -> bool:
+        """Catch up with changes other processes made to the store; True if there were any.
+
+        Several balancer processes (`--workers N`, or balancers sharing one SQLite file) each
+        keep the registry in memory; the store is the truth they converge on.
+        """
+        version = await self.store.version()
+        if version == self._seen_version:
+            return False
+        self._seen_version = version
+        specs = await self.store.load()
+        async with self._write_lock:
+            wanted = {spec.worker_id: spec for spec in specs}
+            for worker in [w for wid, w in self._by_id.items() if wid not in wanted]:
+                self._drop(worker)
+            for spec in specs:
+                existing = self._by_id.get(spec.worker_id)
+                if existing is None or existing.spec != spec:
+                    self._put(spec)
+        return True
+
+    def _drop(self, worker: Worker) -> None:
+        del self._by_id[worker.id]
+        siblings = self._by_model[worker.model]
+        siblings.remove(worker)
+        if not siblings:
+            del self._by_model[worker.model]
+            self._options.pop(worker.model, None)
+        worker.removed = True
+        self._emit("removed", worker)
 
     def _put(self, spec: WorkerSpec) -> tuple[Worker, bool]:
         if spec.strategy is not None or spec.fallbacks is not None:

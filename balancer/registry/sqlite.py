@@ -75,6 +75,12 @@ class SQLiteStore:
     async def delete(self, worker_id: str) -> None:
         await self._run(lambda c: c.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))
 
+    async def version(self) -> int:
+        # data_version moves only on commits by *other* connections: our own writes are
+        # already in memory.
+        row = await self._run(lambda c: c.execute("PRAGMA data_version").fetchone())
+        return int(row[0])
+
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 

@@ -21,6 +21,10 @@ class Store(Protocol):
 
     async def delete(self, worker_id: str) -> None: ...
 
+    async def version(self) -> int:
+        """A number that changes when another process (or connection) changed the store."""
+        ...
+
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""
         ...

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -16,8 +16,7 @@ router = APIRouter(tags=["ops"])
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of every balancer metric."""
-    registry = services(request).metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(services(request).metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/healthz")

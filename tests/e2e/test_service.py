@@ -140,15 +140,6 @@ def test_bad_configuration_is_one_log_line_and_exit_1(
     assert "Traceback" not in balancer.log.read_text()
 
 
-def test_more_than_one_process_is_refused_with_a_reason(tmp_path: Path) -> None:
-    balancer = Balancer(tmp_path, args=["--workers", "2"])
-    balancer.spawn()
-    assert balancer.wait() == 1
-    [line] = [json.loads(x) for x in balancer.log.read_text().splitlines() if x.startswith("{")]
-    assert line["event"] == "bad_configuration"
-    assert "one process" in line["error"]
-
-
 def test_admin_token_guards_register_and_offline(tmp_path: Path, workers: list[FakeWorker]) -> None:
     balancer = Balancer(tmp_path, env={"BALANCER_ADMIN_TOKEN": "t0ken"})
     balancer.start()

@@ -1,0 +1,92 @@
+"""`balancer serve --workers 2`: processes share the registry (through the store) and the counts
+(through prometheus-client's multiprocess mode)."""
+
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Balancer, FakeWorker, openai_registration
+from tests.e2e.test_metrics import FAMILIES, scrape, value
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
+    balancer = Balancer(tmp_path_factory.mktemp("multiprocess"), args=["--workers", "2"])
+    balancer.start()
+    yield balancer
+    balancer.stop()
+
+
+def every_process_sees(url: str, model: str, present: bool, within: float = 5.0) -> None:
+    """Fresh connections land on either process: all of them must agree."""
+    deadline = time.monotonic() + within
+    while True:
+        seen = [
+            any(
+                w["model_name"] == model
+                for w in httpx.get(f"{url}/api/server/workers", timeout=5).json()["data"]
+            )
+            for _ in range(12)
+        ]
+        if all(s == present for s in seen):
+            return
+        assert time.monotonic() < deadline, f"processes disagree on {model}: {seen}"
+        time.sleep(0.2)
+
+
+def test_every_family_is_exposed_from_start_up(two: Balancer) -> None:
+    text = httpx.get(f"{two.url}/metrics", timeout=5).text
+    for family in FAMILIES:
+        assert f"# TYPE {family} " in text, family
+
+
+def test_registrations_reach_every_process_and_counts_add_up(
+    two: Balancer, workers: list[FakeWorker]
+) -> None:
+    httpx.post(
+        f"{two.url}/api/server/register", json=openai_registration("shared", workers[0])
+    ).raise_for_status()
+    every_process_sees(two.url, "shared", present=True)
+
+    def call(i: int) -> int:
+        reply = httpx.post(
+            f"{two.url}/api/v1/chat/completions",
+            json={"input": f"q{i}", "model_name": "shared"},
+            timeout=10,
+        )
+        return reply.status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(call, range(100))) == {200}
+    with httpx.Client(base_url=two.url) as client:
+        samples = scrape(client)
+    assert value(samples, "balancer_requests_total", model="shared") == 100
+    assert value(samples, "balancer_request_duration_seconds_count", model="shared") == 100
+
+    httpx.post(
+        f"{two.url}/api/server/offline",
+        json={"model_name": "shared", "req_url_template": f"{workers[0].url}/v1"},
+    ).raise_for_status()
+    every_process_sees(two.url, "shared", present=False)
+
+
+def test_sigterm_stops_every_process_and_exits_0(tmp_path: Path) -> None:
+    balancer = Balancer(tmp_path, args=["--workers", "2"])
+    balancer.start()
+    balancer.signal(signal.SIGTERM)
+    assert balancer.wait(20) == 0
+
+
+@pytest.mark.parametrize("args", [["--workers", "2", "--demo"], ["--workers", "0"]])
+def test_settings_that_cannot_work_with_several_processes_are_refused(
+    tmp_path: Path, args: list[str]
+) -> None:
+    balancer = Balancer(tmp_path, args=args)
+    balancer.spawn()
+    assert balancer.wait() == 1
+    assert "bad_configuration" in balancer.log.read_text()
