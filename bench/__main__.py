@@ -110,9 +110,9 @@ def main() -> int:
             f"{c.errors} |\n"
         )
     out.append(
-        "\nThe balancer runs as one process by design (`--workers 2` is refused: the registry, "
-        "health state and metrics live in the process); scale out with one balancer per core "
-        "behind a TCP load balancer.\n"
+        "\n`balancer --workers 2` runs two processes on both cores, so it shares core 1 with wrk "
+        "and the workers: its req/s shows how far a second process carries on this 2-core "
+        "machine, and its CPU per request counts both processes and their supervisor.\n"
     )
     out.append(
         "\n## Streams (16 chunks, 5 ms apart, 16 connections)\n\n"

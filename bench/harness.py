@@ -43,6 +43,14 @@ def rss_bytes(pid: int) -> int:
     return 0
 
 
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants."""
+    found = [pid]
+    for child in children(pid):
+        found += tree(child)
+    return found
+
+
 def children(pid: int) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -113,14 +121,28 @@ def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Proc, str]:
 
 
 def balancer(
-    tmp: Path, *, env: dict[str, str] | None = None, name: str = "balancer"
+    tmp: Path,
+    *,
+    env: dict[str, str] | None = None,
+    name: str = "balancer",
+    processes: int = 1,
+    cores: str = PROXY_CORE,
 ) -> tuple[Proc, str]:
     port = free_port()
     url = f"http://{HOST}:{port}"
     proc = Proc(
-        [sys.executable, "-m", "balancer", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "balancer",
+            "serve",
+            "--port",
+            str(port),
+            "--workers",
+            str(processes),
+        ],
         tmp / f"{name}.log",
-        cores=PROXY_CORE,
+        cores=cores,
         env={"BALANCER_STORE": f"sqlite:///{tmp}/{name}-{port}.db", **(env or {})},
     )
     return proc.start(url + "/healthz"), url

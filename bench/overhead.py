@@ -11,6 +11,7 @@ import json
 import statistics
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from bench.harness import (
     fake_worker,
     nginx,
     register,
+    tree,
     wrk,
 )
 
@@ -84,10 +86,17 @@ def run(tmp: Path, *, seconds: float = 5.0, rounds: int = 3) -> dict[str, object
         register(lb_url, "bench", [url1, url2], strategy="least_latency")
         ng, ng_url = nginx(tmp, [url1, url2])
         procs.append(ng)
+        # Two processes need two cores: this one shares core 1 with wrk and the workers.
+        lb2, lb2_url = balancer(tmp, name="balancer-x2", processes=2, cores="0,1")
+        procs.append(lb2)
+        time.sleep(1.5)  # both processes have loaded the registry
+        register(lb2_url, "bench", [url1, url2], strategy="least_latency")
+        time.sleep(1.5)  # ... and seen the registration
         proxies = [
             Proxy("direct", url1, []),
             Proxy("nginx", ng_url, children(ng.pid) or [ng.pid]),
             Proxy("balancer", lb_url, [lb.pid]),
+            Proxy("balancer --workers 2", lb2_url, tree(lb2.pid)),
         ]
         cells: list[Cell] = []
         for latency in (0.0, 0.05):
@@ -110,7 +119,7 @@ def run(tmp: Path, *, seconds: float = 5.0, rounds: int = 3) -> dict[str, object
                     cell.added_p50_ms = cell.p50_ms - direct
                 cells += row
         streams = run_streams(
-            proxies, tmp, seconds=seconds, rounds=rounds, worker_urls=[url1, url2]
+            proxies[:3], tmp, seconds=seconds, rounds=rounds, worker_urls=[url1, url2]
         )
         return {"cells": cells, "streams": streams}
     finally:
