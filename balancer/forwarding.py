@@ -240,11 +240,14 @@ class Forwarder:
             try:
                 value = await attempt(lease)
             except UpstreamError as exc:
+                if not exc.retryable:
+                    # The worker answered, with a client error of the caller's making: it is
+                    # alive and no slower for it.
+                    lease.succeeded()
+                    raise
                 lease.failed(exc)
                 if exc.retry_after:
                     worker.skip_until = self.clock() + exc.retry_after
-                if not exc.retryable:
-                    raise
                 last = exc
                 log.info("attempt_failed", model=model, worker=worker.id, error=exc.message)
                 continue
