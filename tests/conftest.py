@@ -43,7 +43,11 @@ def wait_until_up(
 
 
 class Process:
-    """A child process we started, stopped by its PID."""
+    """A child process we started, stopped by its PID. A server among them listens on `port`
+    and is up once `ready_path` answers."""
+
+    port: int
+    ready_path = ""
 
     def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.args = args
@@ -56,6 +60,16 @@ class Process:
         out = self.log.open("ab")
         self.proc = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env)
         out.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        self.spawn()
+        assert self.proc is not None
+        wait_until_up(self.url + self.ready_path, self.proc, self.log)
 
     @property
     def pid(self) -> int:
@@ -98,14 +112,7 @@ class FakeWorker(Process):
             args += [f"--{key.replace('_', '-')}", str(value)]
         super().__init__(args, tmp / f"worker-{name}-{self.port}.log")
 
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        self.spawn()
-        assert self.proc is not None
-        wait_until_up(self.url + "/health", self.proc, self.log)
+    ready_path = "/health"
 
     def control(self, **changes: Any) -> None:
         httpx.post(self.url + "/_control", json=changes, timeout=5).raise_for_status()
@@ -138,14 +145,7 @@ class Balancer(Process):
             env={**base_env, **(env or {})},
         )
 
-    @property
-    def url(self) -> str:
-        return f"http://{HOST}:{self.port}"
-
-    def start(self) -> None:
-        self.spawn()
-        assert self.proc is not None
-        wait_until_up(self.url + "/healthz", self.proc, self.log)
+    ready_path = "/healthz"
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
