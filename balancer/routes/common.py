@@ -14,6 +14,10 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 
 async def read_json_object(request: Request) -> tuple[bytes, dict[str, Any]]:
     """The raw body and its parse, which must be a JSON object."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        # Refuse before reading: a body that large would only be held in memory to be dropped.
+        raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")
     body = await request.body()
     if len(body) > MAX_BODY_BYTES:
         raise PayloadTooLarge(f"request body is larger than {MAX_BODY_BYTES} bytes")

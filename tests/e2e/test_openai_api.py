@@ -157,3 +157,17 @@ def test_a_stream_whose_worker_stalls_is_cut_by_the_idle_timeout(
     assert reply.status_code == 200
     assert "[DONE]" not in reply.text
     assert "timed out" in reply.text.splitlines()[-2]
+
+
+def test_an_oversized_body_is_refused_before_it_is_read(balancer: Balancer) -> None:
+    import socket
+
+    with socket.create_connection(("127.0.0.1", balancer.port), timeout=5) as sock:
+        sock.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Content-Length: 67108864\r\n\r\n{"
+        )
+        head = sock.recv(65536).decode()
+    assert head.startswith("HTTP/1.1 413")
+    assert "payload_too_large" in head
