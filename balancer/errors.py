@@ -15,6 +15,8 @@ class BalancerError(Exception):
         self.message = message
         self.model = model
         self.worker = worker
+        self.attempts: int | None = None
+        """How many workers were tried, when the error ends a forwarded request."""
 
 
 class BadRequest(BalancerError):

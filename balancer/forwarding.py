@@ -25,7 +25,7 @@ from balancer.calls import (
     transport_failure,
     upstream_headers,
 )
-from balancer.errors import ModelNotFound, NoWorkerAvailable, UpstreamError
+from balancer.errors import BalancerError, ModelNotFound, NoWorkerAvailable, UpstreamError
 from balancer.events import ForwardingObserver
 from balancer.logging import get_logger
 from balancer.registry import Registry, Worker
@@ -179,9 +179,14 @@ class Forwarder:
             if isinstance(result, Served):
                 result.attempts = attempts
                 return result
+        error: BalancerError
         if attempts == 1 and outcome.last is not None and not outcome.budget_spent:
-            raise outcome.last  # one worker, one failure: its own words are the clearest
-        raise NoWorkerAvailable(f"model {model}: {outcome.reason}", model=model)
+            error = outcome.last  # one worker, one failure: its own words are the clearest
+        else:
+            error = NoWorkerAvailable(f"model {model}: {outcome.reason}", model=model)
+            error.worker = outcome.last.worker if outcome.last else None
+        error.attempts = attempts
+        raise error
 
     async def _run_model(
         self,
@@ -240,6 +245,7 @@ class Forwarder:
             try:
                 value = await attempt(lease)
             except UpstreamError as exc:
+                exc.attempts = len(tried)
                 if not exc.retryable:
                     # The worker answered, with a client error of the caller's making: it is
                     # alive and no slower for it.

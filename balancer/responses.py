@@ -48,7 +48,12 @@ async def handle_balancer_error(request: Request, exc: Exception) -> Response:
             worker=exc.worker,
         )
     body = error_body(client_api(request.url.path), exc.message, exc.openai_type, exc.openai_code)
-    return json_response(body, exc.status_code)
+    headers = {}
+    if exc.attempts:
+        headers["X-Balancer-Attempts"] = str(exc.attempts)
+        if exc.worker:
+            headers["X-Balancer-Worker"] = exc.worker  # the last one tried
+    return json_response(body, exc.status_code, headers=headers or None)
 
 
 async def handle_http_error(request: Request, exc: Exception) -> Response:

@@ -242,6 +242,8 @@ def test_when_nothing_can_serve_the_503_names_the_model_and_why(client: httpx.Cl
     assert seed.status_code == 503
     assert seed.json()["success"] is False
     assert model in seed.json()["msg"] and "cannot connect" in seed.json()["msg"]
+    assert seed.headers["X-Balancer-Attempts"] == "2"
+    assert seed.headers["X-Balancer-Worker"]
     oai = client.post(
         "/v1/chat/completions",
         json={"model": model, "messages": [{"role": "user", "content": "x"}]},

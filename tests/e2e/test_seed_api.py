@@ -201,6 +201,7 @@ def test_an_upstream_client_error_keeps_its_status_and_is_not_retried(
     reply = ask(client, model, "hi")
     assert reply.status_code == 404
     assert "HTTP 404" in reply.json()["msg"]
+    assert reply.headers["X-Balancer-Attempts"] == "1"
     total = sum(w.served().get("/nothing-here", 0) for w in workers)
     assert total == 1
 
