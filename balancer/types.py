@@ -1,7 +1,7 @@
 """The shared vocabulary of the balancer."""
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 Api = Literal["template", "openai"]
 """How a worker is called: an OperateGPT body template, or an OpenAI-compatible server."""
@@ -16,5 +16,3 @@ Strategy = Literal["least_latency", "weighted", "round_robin", "random", "least_
 
 Clock = Callable[[], float]
 """Monotonic seconds; injected so policies and health state run on a fake clock in tests."""
-
-JSON = Any

@@ -116,10 +116,6 @@ class WorkerSpec(BaseModel):
         return self
 
     @property
-    def url_key(self) -> str:
-        return normalise_url(self.req_url_template)
-
-    @property
     def worker_id(self) -> str:
         return worker_id(self.model_name, self.req_url_template)
 

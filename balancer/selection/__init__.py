@@ -28,7 +28,6 @@ POLICIES: dict[str, Callable[[random.Random], Policy]] = {
     "least_requests": lambda rng: LeastRequests(rng),
 }
 DEFAULT_STRATEGY = "least_latency"
-STRATEGIES = tuple(POLICIES)
 
 Why = Literal["", "exhausted", "at_capacity", "backing_off"]
 
@@ -113,4 +112,4 @@ class Selector(NullObserver):
             current[1].forget(worker.id)
 
 
-__all__ = ["DEFAULT_STRATEGY", "POLICIES", "STRATEGIES", "Choice", "Policy", "Selector"]
+__all__ = ["DEFAULT_STRATEGY", "POLICIES", "Choice", "Policy", "Selector"]
