@@ -1,5 +1,7 @@
 """The OpenAI-compatible API, driven by the real openai SDK."""
 
+import time
+
 import httpx
 import openai
 import pytest
@@ -176,3 +178,31 @@ def test_an_oversized_body_is_refused_before_it_is_read(balancer: Balancer) -> N
             reply += chunk
     assert reply.startswith(b"HTTP/1.1 413")
     assert b"payload_too_large" in reply
+
+
+def test_a_client_leaving_mid_stream_frees_the_workers_slot(
+    client: httpx.Client, balancer: Balancer, fresh_worker: FakeWorker
+) -> None:
+    model = unique_model()
+    client.post("/api/server/register", json=openai_registration(model, fresh_worker))
+    fresh_worker.control(chunks=50, chunk_delay=0.1)
+    with httpx.stream(
+        "POST",
+        f"{balancer.url}/v1/chat/completions",
+        timeout=10,
+        json={
+            "model": model,
+            "stream": True,
+            "messages": [{"role": "user", "content": "a long story " * 20}],
+        },
+    ) as reply:
+        next(reply.iter_bytes())  # the first chunk, then hang up
+        [row] = client.get("/api/server/workers", params={"model_name": model}).json()["data"]
+        assert row["inflight"] == 1
+    deadline = time.monotonic() + 5
+    while True:
+        [row] = client.get("/api/server/workers", params={"model_name": model}).json()["data"]
+        if row["inflight"] == 0:
+            break
+        assert time.monotonic() < deadline, "the slot was never given back"
+        time.sleep(0.1)
