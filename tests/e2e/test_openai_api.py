@@ -196,7 +196,8 @@ def test_a_client_leaving_mid_stream_frees_the_workers_slot(
             "messages": [{"role": "user", "content": "a long story " * 20}],
         },
     ) as reply:
-        next(reply.iter_bytes())  # the first chunk, then hang up
+        chunks = reply.iter_bytes()
+        next(chunks)  # the first chunk; leaving the block then hangs up
         [row] = client.get("/api/server/workers", params={"model_name": model}).json()["data"]
         assert row["inflight"] == 1
     deadline = time.monotonic() + 5
