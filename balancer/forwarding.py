@@ -56,7 +56,6 @@ class Lease:
         "_released",
         "call",
         "detached",
-        "seconds",
         "started",
         "worker",
     )
@@ -75,14 +74,13 @@ class Lease:
         self._on_release = on_release
         self.call = current_call.get()
         self.started = clock()
-        self.seconds = 0.0
         self.detached = False
         self._released = False
 
     def succeeded(self) -> None:
         """The worker answered: record the time since the attempt started (to the first byte
         for streams, the whole call otherwise)."""
-        self.seconds = seconds = self._clock() - self.started
+        seconds = self._clock() - self.started
         self.worker.latency_ms = seconds * 1000.0
         if self.call is not None:
             self.call.upstream_seconds += seconds

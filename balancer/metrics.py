@@ -223,7 +223,7 @@ class Metrics(NullObserver):
         workers.subscribe(self._on_registry_change)
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
+        key = (metric, *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
@@ -323,20 +323,12 @@ class Metrics(NullObserver):
 
     def _forget(self, worker: Worker) -> None:
         """Drop every series of a removed worker: no memory grows with registration churn."""
-        for key in [k for k in self._children if worker.id in k[1:]]:
-            metric = next(m for m in self._all() if id(m) == key[0])
-            metric.remove(*key[1:])
-            del self._children[key]
-        if self.workers.workers_of(worker.model) is None:
-            for key in [k for k in self._children if k[1] == worker.model]:
-                metric = next(m for m in self._all() if id(m) == key[0])
-                metric.remove(*key[1:])
+        model_gone = self.workers.workers_of(worker.model) is None
+        for key in list(self._children):
+            metric, *labels = key
+            if worker.id in labels or (model_gone and labels[0] == worker.model):
+                metric.remove(*labels)
                 del self._children[key]
-
-    def _all(self) -> Iterator[Any]:
-        return (
-            value for value in vars(self).values() if isinstance(value, Counter | Histogram | Gauge)
-        )
 
 
 class _WorkerStateCollector(Collector):

@@ -29,7 +29,6 @@ class HealthMonitor(NullObserver):
         self.clock = clock
         self.listeners: list[TransitionListener] = []
         self.probe_listeners: list[Callable[[Worker, ProbeResult], None]] = []
-        self.panics = 0
 
     def probe_result(self, worker: Worker, result: ProbeResult) -> Transition | None:
         now = self.clock()
@@ -52,9 +51,6 @@ class HealthMonitor(NullObserver):
         siblings = [w.health for w in self.registry.workers_of(worker.model) or [worker]]
         transition = worker.health.request_failed(self.clock(), error.message, siblings)
         self._report(worker, transition, "passive")
-
-    def panic(self, model: str, worker: Worker) -> None:
-        self.panics += 1
 
     def _report(self, worker: Worker, transition: Transition | None, source: str) -> None:
         if transition is None:
