@@ -6,12 +6,14 @@ import os
 import time
 from contextvars import ContextVar
 
+import orjson
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from balancer.accounting import CallRecord, current_call
 from balancer.logging import get_logger
 from balancer.metrics import Metrics
+from balancer.responses import client_api, error_body
 from balancer.types import ClientApi
 
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
@@ -60,15 +62,44 @@ class RequestContextMiddleware:
         current_call.set(call)
         header = (b"x-request-id", request_id.encode())
 
+        started_response = completed = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_response, completed
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_response = True
                 message["headers"] = [*message.get("headers", ()), header]
+            elif not message.get("more_body", False):
+                completed = True
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            # A bug of ours. FastAPI's routes have already answered (and logged) through the
+            # app's handler; a fast-path route gets its JSON 500 here. A stream broken halfway
+            # is re-raised so that uvicorn drops the connection.
+            if completed:
+                pass
+            elif started_response:
+                raise
+            else:
+                log.exception("unhandled_error", path=scope["path"])
+                body = error_body(
+                    client_api(scope["path"]),
+                    "internal error; see the balancer's log",
+                    "server_error",
+                    "internal_error",
+                )
+                await send_with_id(
+                    {
+                        "type": "http.response.start",
+                        "status": 500,
+                        "headers": [(b"content-type", b"application/json")],
+                    }
+                )
+                await send_with_id({"type": "http.response.body", "body": orjson.dumps(body)})
         finally:
             # A cancelled request (client gone) still gets its line, with the status it had.
             now = time.perf_counter()
