@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fake-worker":
-        from balancer.fake_worker import Behaviour, run
+        from balancer.fakes.worker import Behaviour, run
 
         run(
             args.host,

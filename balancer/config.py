@@ -16,11 +16,29 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from balancer.types import Strategy
+from balancer.types import STRATEGIES, Strategy
 
+# Every default, once: the settings below use them, and so do the parts that take a value of
+# their own in tests (the forwarder, the retry budget, the health policy, the probe scheduler).
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8007
 DEFAULT_STORE = "sqlite:///./balancer.db"
 DEFAULT_PROBE_INTERVAL = 5.0
+DEFAULT_PROBE_TIMEOUT = 2.0
+DEFAULT_PROBE_JITTER = 0.1
+DEFAULT_HEALTHY_THRESHOLD = 2
+DEFAULT_UNHEALTHY_THRESHOLD = 3
+DEFAULT_PASSIVE_FAILURES = 5
+DEFAULT_BASE_EJECTION_TIME = 30.0
+DEFAULT_MAX_EJECTION_TIME = 300.0
+DEFAULT_MAX_EJECTION_PERCENT = 50.0
+DEFAULT_STRATEGY: Strategy = "least_latency"
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_RETRY_BUDGET_RATIO = 0.2
+DEFAULT_RETRY_BUDGET_MIN_PER_SECOND = 3.0
+DEFAULT_REQUEST_TIMEOUT = 600.0
+DEFAULT_QUEUE_TIMEOUT = 30.0
+DEFAULT_SHUTDOWN_GRACE = 30.0
 DEFAULT_WORKER_TIMEOUT = 60.0
 
 ENV_PREFIX = "BALANCER_"
@@ -49,7 +67,7 @@ class Settings(BaseSettings):
         env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True
     )
 
-    host: str = Field("127.0.0.1", description="Address to listen on.")
+    host: str = Field(DEFAULT_HOST, description="Address to listen on.")
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port to listen on.")
     store: str = Field(
         DEFAULT_STORE,
@@ -68,30 +86,48 @@ class Settings(BaseSettings):
     probe_interval: float = Field(
         DEFAULT_PROBE_INTERVAL, gt=0, description="Seconds between health probes of a worker."
     )
-    probe_timeout: float = Field(2.0, gt=0, description="Seconds one health probe may take.")
+    probe_timeout: float = Field(
+        DEFAULT_PROBE_TIMEOUT, gt=0, description="Seconds one health probe may take."
+    )
     unhealthy_threshold: int = Field(
-        3, ge=1, description="Consecutive probe failures that eject a worker."
+        DEFAULT_UNHEALTHY_THRESHOLD,
+        ge=1,
+        description="Consecutive probe failures that eject a worker.",
     )
     healthy_threshold: int = Field(
-        2, ge=1, description="Consecutive probe successes that return a worker to service."
+        DEFAULT_HEALTHY_THRESHOLD,
+        ge=1,
+        description="Consecutive probe successes that return a worker to service.",
     )
     probe_jitter: float = Field(
-        0.1, ge=0, le=1, description="Random delay added to each probe, as a share of the interval."
+        DEFAULT_PROBE_JITTER,
+        ge=0,
+        le=1,
+        description="Random delay added to each probe, as a share of the interval.",
     )
     passive_failures: int = Field(
-        5, ge=1, description="Consecutive failed live requests that eject a worker at once."
+        DEFAULT_PASSIVE_FAILURES,
+        ge=1,
+        description="Consecutive failed live requests that eject a worker at once.",
     )
     base_ejection_time: float = Field(
-        30.0, gt=0, description="Seconds a passive ejection lasts, times the ejections so far."
+        DEFAULT_BASE_EJECTION_TIME,
+        gt=0,
+        description="Seconds a passive ejection lasts, times the ejections so far.",
     )
-    max_ejection_time: float = Field(300.0, gt=0, description="Longest passive ejection, seconds.")
+    max_ejection_time: float = Field(
+        DEFAULT_MAX_EJECTION_TIME, gt=0, description="Longest passive ejection, seconds."
+    )
     max_ejection_percent: float = Field(
-        50.0, ge=0, le=100, description="Most of a model's workers live traffic may eject, in %."
+        DEFAULT_MAX_EJECTION_PERCENT,
+        ge=0,
+        le=100,
+        description="Most of a model's workers live traffic may eject, in %.",
     )
     strategy: Strategy = Field(
-        "least_latency",
-        description="Default worker selection: least_latency, weighted, round_robin, random or "
-        "least_requests (a registration's `strategy` sets it per model).",
+        DEFAULT_STRATEGY,
+        description=f"Default worker selection: {', '.join(STRATEGIES)} (a registration's "
+        "`strategy` sets it per model).",
     )
     stream_usage: bool = Field(
         True,
@@ -99,24 +135,34 @@ class Settings(BaseSettings):
         "; turn off for servers that reject the field.",
     )
     max_retries: int = Field(
-        2, ge=0, description="Other workers tried after a failed attempt, per request."
+        DEFAULT_MAX_RETRIES,
+        ge=0,
+        description="Other workers tried after a failed attempt, per request.",
     )
     retry_budget_ratio: float = Field(
-        0.2, ge=0, description="Retries may add at most this share to a model's requests."
+        DEFAULT_RETRY_BUDGET_RATIO,
+        ge=0,
+        description="Retries may add at most this share to a model's requests.",
     )
     retry_budget_min_per_second: float = Field(
-        3.0, ge=0, description="Retries per second a model may always make, whatever its traffic."
+        DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
+        ge=0,
+        description="Retries per second a model may always make, whatever its traffic.",
     )
     request_timeout: float = Field(
-        600.0, gt=0, description="Seconds a request may spend on all its attempts together."
+        DEFAULT_REQUEST_TIMEOUT,
+        gt=0,
+        description="Seconds a request may spend on all its attempts together.",
     )
     queue_timeout: float = Field(
-        30.0,
+        DEFAULT_QUEUE_TIMEOUT,
         ge=0,
         description="Seconds a request waits when every worker is at its max_concurrency.",
     )
     shutdown_grace: float = Field(
-        30.0, ge=0, description="Seconds in-flight requests get to finish after SIGTERM."
+        DEFAULT_SHUTDOWN_GRACE,
+        ge=0,
+        description="Seconds in-flight requests get to finish after SIGTERM.",
     )
     log_format: Literal["json", "console"] = Field("json", description="Log format.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(

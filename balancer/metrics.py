@@ -25,13 +25,18 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from balancer.accounting import CallRecord
-from balancer.errors import UpstreamError
-from balancer.events import NullObserver
-from balancer.registry import Registry, Worker
-from balancer.registry.registry import Change
-from probes.checks import ProbeResult
-from probes.health import Transition
+from balancer.events import (
+    AttemptFailed,
+    AttemptSucceeded,
+    HealthChanged,
+    Panic,
+    Probed,
+    Queued,
+    RegistryChanged,
+    RequestFinished,
+    Retried,
+)
+from balancer.registry import Worker, WorkerRegistry
 
 # `*_created` series double the exposition and no dashboard of ours reads them.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -92,10 +97,10 @@ _UP_HELP = "1 if the worker may be chosen (not ejected), else 0."
 _STATE_HELP = "1 for the worker's current health state."
 
 
-class Metrics(NullObserver):
-    """Every metric of the balancer. Also a ForwardingObserver and a health listener."""
+class Metrics:
+    """Every metric of the balancer, kept up to date by the events it receives."""
 
-    def __init__(self, registry: CollectorRegistry, workers: Registry) -> None:
+    def __init__(self, registry: CollectorRegistry, workers: WorkerRegistry) -> None:
         self.registry = registry
         self.workers = workers
         self.requests = Counter(
@@ -220,7 +225,6 @@ class Metrics(NullObserver):
         else:
             registry.register(_WorkerStateCollector(workers))
         self._children: dict[tuple[Any, ...], Any] = {}
-        workers.subscribe(self._on_registry_change)
 
     def _child(self, metric: Any, *labels: str) -> Any:
         key = (metric, *labels)
@@ -259,71 +263,79 @@ class Metrics(NullObserver):
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
-    def call_finished(self, call: CallRecord, status: int, now: float) -> None:
-        """Record one inference request, when its last byte is sent."""
-        model = call.model or UNKNOWN_MODEL
-        worker = call.worker or ""
-        self._child(self.requests, model, worker, call.api, str(status)).inc()
-        self._child(self.request_duration, model, call.api).observe(now - call.started)
-        if call.worker is None:
+    def on_request_finished(self, event: RequestFinished) -> None:
+        """One inference request, when its last byte is sent."""
+        record = event.record
+        model = record.model or UNKNOWN_MODEL
+        worker = record.worker or ""
+        self._child(self.requests, model, worker, record.api, str(event.status)).inc()
+        seconds = event.finished_at - record.started
+        self._child(self.request_duration, model, record.api).observe(seconds)
+        if record.worker is None:
             return
-        until = call.first_byte_at if call.first_byte_at is not None else now
-        overhead = max(until - call.started - call.upstream_seconds, 0.0)
-        self._child(self.overhead, model, call.api).observe(overhead)
-        if call.ttft is not None:
-            self._child(self.ttft, model, worker).observe(call.ttft)
-        estimated = "true" if call.tokens_estimated else "false"
-        if call.input_tokens:
-            self._child(self.input_tokens, model, worker, estimated).inc(call.input_tokens)
-        if call.output_tokens:
-            self._child(self.output_tokens, model, worker, estimated).inc(call.output_tokens)
-            if call.generation_seconds:
+        until = record.first_byte_at if record.first_byte_at is not None else event.finished_at
+        overhead = max(until - record.started - record.upstream_seconds, 0.0)
+        self._child(self.overhead, model, record.api).observe(overhead)
+        if record.ttft is not None:
+            self._child(self.ttft, model, worker).observe(record.ttft)
+        estimated = "true" if record.tokens_estimated else "false"
+        if record.input_tokens:
+            self._child(self.input_tokens, model, worker, estimated).inc(record.input_tokens)
+        if record.output_tokens:
+            self._child(self.output_tokens, model, worker, estimated).inc(record.output_tokens)
+            if record.generation_seconds:
                 self._child(self.tokens_per_second, model, estimated).observe(
-                    call.output_tokens / call.generation_seconds
+                    record.output_tokens / record.generation_seconds
                 )
 
-    # ForwardingObserver
-    def attempt_succeeded(self, worker: Worker, seconds: float) -> None:
-        self._child(self.upstream_duration, worker.model, worker.id, "success").observe(seconds)
+    def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
+        worker = event.worker
+        self._child(self.upstream_duration, worker.model, worker.id, "success").observe(
+            event.seconds
+        )
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
-        self._child(self.upstream_duration, worker.model, worker.id, error.reason).observe(seconds)
+    def on_attempt_failed(self, event: AttemptFailed) -> None:
+        worker = event.worker
+        self._child(self.upstream_duration, worker.model, worker.id, event.error.reason).observe(
+            event.seconds
+        )
 
-    def retried(self, model: str, reason: str) -> None:
-        self._child(self.retries, model, reason).inc()
+    def on_retried(self, event: Retried) -> None:
+        self._child(self.retries, event.model, event.reason).inc()
 
-    def queued(self, model: str, seconds: float) -> None:
-        self._child(self.queue_wait, model).observe(seconds)
+    def on_queued(self, event: Queued) -> None:
+        self._child(self.queue_wait, event.model).observe(event.seconds)
 
-    def panic(self, model: str, worker: Worker) -> None:
-        self._child(self.panics, model).inc()
+    def on_panic(self, event: Panic) -> None:
+        self._child(self.panics, event.model).inc()
 
-    # Health
-    def probed(self, worker: Worker, result: ProbeResult) -> None:
+    def on_probed(self, event: Probed) -> None:
+        worker, result = event.worker, event.result
         self._child(self.probe_duration, worker.model, worker.id).observe(
             result.latency_ms / 1000.0
         )
         if not result.ok:
             self._child(self.probe_failures, worker.model, worker.id).inc()
 
-    def transition(self, worker: Worker, transition: Transition) -> None:
-        if transition.new == "ejected":
+    def on_health_changed(self, event: HealthChanged) -> None:
+        if event.transition.new == "ejected":
+            worker = event.worker
             reason = worker.health.ejection_reason or "probe"
             self._child(self.ejections, worker.model, worker.id, reason).inc()
 
-    def _on_registry_change(self, change: Change, worker: Worker) -> None:
-        if change == "registered":
+    def on_registry_changed(self, event: RegistryChanged) -> None:
+        worker = event.worker
+        if event.change == "registered":
             # Zero-valued series from the start, so alerts and dashboards see them at once.
             self._child(self.probe_failures, worker.model, worker.id)
             self._child(self.ejections, worker.model, worker.id, "probe")
             self._child(self.ejections, worker.model, worker.id, "passive")
             self._child(self.panics, worker.model)
-        elif change == "removed":
-            self._forget(worker)
+        elif event.change == "removed":
+            self._forget(worker, model_gone=event.model_gone)
 
-    def _forget(self, worker: Worker) -> None:
+    def _forget(self, worker: Worker, *, model_gone: bool) -> None:
         """Drop every series of a removed worker: no memory grows with registration churn."""
-        model_gone = self.workers.workers_of(worker.model) is None
         for key in list(self._children):
             metric, *labels = key
             if worker.id in labels or (model_gone and labels[0] == worker.model):
@@ -334,7 +346,7 @@ class Metrics(NullObserver):
 class _WorkerStateCollector(Collector):
     """Gauges that mirror live state, read at scrape time instead of kept in step."""
 
-    def __init__(self, workers: Registry) -> None:
+    def __init__(self, workers: WorkerRegistry) -> None:
         self.workers = workers
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

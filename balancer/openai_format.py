@@ -1,4 +1,5 @@
-"""OpenAI response objects, for answers from workers that do not speak OpenAI themselves."""
+"""OpenAI's objects where we read or make them ourselves: a conversation as one prompt, the
+`usage` a worker reports, and completions for answers from workers that do not speak OpenAI."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 import time
 from typing import Any
 
-import orjson
+from balancer.forwarding import sse
 
 
 def estimate_tokens(text: str) -> int:
@@ -69,7 +70,7 @@ def chat_completion_stream(model: str, prompt: str, text: str, include_usage: bo
     ]
     if include_usage:
         chunks.append({**base, "choices": [], "usage": _usage(prompt, text)})
-    return b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+    return b"".join(sse.json_event(c) for c in chunks) + sse.DONE
 
 
 def text_completion(model: str, prompt: str, text: str) -> dict[str, Any]:
@@ -86,4 +87,49 @@ def text_completion(model: str, prompt: str, text: str) -> dict[str, Any]:
 def text_completion_stream(model: str, prompt: str, text: str) -> bytes:
     chunk = {**text_completion(model, prompt, text)}
     chunk.pop("usage")
-    return b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+    return sse.json_event(chunk) + sse.DONE
+
+
+def usage_counts(document: object) -> tuple[int, int] | None:
+    """(prompt_tokens, completion_tokens) from an OpenAI `usage` object, if it has one."""
+    if not isinstance(document, dict):
+        return None
+    usage = document.get("usage")
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens", 0)
+    if not isinstance(prompt, int) or not isinstance(completion, int):
+        return None
+    return prompt, completion
+
+
+def render_messages(messages: Any) -> str:
+    """An OpenAI conversation as one prompt for a template worker.
+
+    A lone user message is passed as it is; a longer conversation becomes `role: content` lines.
+    """
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty array of {role, content} objects")
+    rendered: list[tuple[str, str]] = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise ValueError("each message must be an object with a role and content")
+        rendered.append((message["role"], _content_text(message.get("content"))))
+    if len(rendered) == 1:
+        return rendered[0][1]
+    return "\n".join(f"{role}: {text}" for role, text in rendered)
+
+
+def _content_text(content: Any) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text"
+        )
+    raise ValueError("message content must be a string or an array of content parts")

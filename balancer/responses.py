@@ -1,4 +1,4 @@
-"""JSON replies (orjson) and the one handler that turns our errors into them."""
+"""JSON replies (orjson), and the one place an exception becomes a reply."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import Response
 
 from balancer.errors import BalancerError
@@ -14,6 +13,8 @@ from balancer.logging import get_logger
 from balancer.types import ClientApi
 
 log = get_logger("balancer.errors")
+
+INTERNAL_ERROR = "internal error; see the balancer's log"
 
 
 def json_response(
@@ -27,51 +28,39 @@ def json_response(
     )
 
 
-def client_api(path: str) -> ClientApi:
-    return "openai" if path.startswith("/v1/") else "operategpt"
+def served_headers(worker_id: str, attempts: int) -> dict[str, str]:
+    """Who served a forwarded request, after how many attempts."""
+    return {"X-Balancer-Worker": worker_id, "X-Balancer-Attempts": str(attempts)}
 
 
 def error_body(api: ClientApi, message: str, error_type: str, code: str | None) -> dict[str, Any]:
+    """An error in the envelope of the API the client called."""
     if api == "openai":
         return {"error": {"message": message, "type": error_type, "param": None, "code": code}}
     return {"success": False, "msg": message}
 
 
-async def handle_balancer_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BalancerError)
-    if exc.status_code >= 500:
-        log.warning(
-            "request_failed",
-            status=exc.status_code,
-            error=exc.message,
-            model=exc.model,
-            worker=exc.worker,
-        )
-    body = error_body(client_api(request.url.path), exc.message, exc.openai_type, exc.openai_code)
-    headers = {}
-    if exc.attempts:
-        headers["X-Balancer-Attempts"] = str(exc.attempts)
-        if exc.worker:
-            headers["X-Balancer-Worker"] = exc.worker  # the last one tried
-    return json_response(body, exc.status_code, headers=headers or None)
-
-
-async def handle_http_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    message = {
-        404: f"no route {request.url.path}",
-        405: f"method {request.method} not allowed on {request.url.path}",
-    }.get(exc.status_code, str(exc.detail))
-    body = error_body(client_api(request.url.path), message, "invalid_request_error", None)
-    return json_response(body, exc.status_code, headers=dict(exc.headers or {}))
-
-
-async def handle_unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled_error", path=request.url.path)
-    body = error_body(
-        client_api(request.url.path),
-        "internal error; see the balancer's log",
-        "server_error",
-        "internal_error",
-    )
-    return json_response(body, 500)
+def error_reply(api: ClientApi, exc: Exception) -> Response:
+    """The reply to a request that raised `exc`: our errors say what they concern, a routing
+    miss says what was asked, anything else is a bug of ours, logged with its traceback."""
+    if isinstance(exc, BalancerError):
+        if exc.status_code >= 500:
+            log.warning(
+                "request_failed",
+                status=exc.status_code,
+                error=exc.message,
+                model=exc.model,
+                worker=exc.worker,
+            )
+        headers = {}
+        if exc.attempts:
+            headers["X-Balancer-Attempts"] = str(exc.attempts)
+            if exc.worker:
+                headers["X-Balancer-Worker"] = exc.worker  # the last one tried
+        body = error_body(api, exc.message, exc.openai_type, exc.openai_code)
+        return json_response(body, exc.status_code, headers=headers or None)
+    if isinstance(exc, HTTPException):
+        body = error_body(api, str(exc.detail), "invalid_request_error", None)
+        return json_response(body, exc.status_code, headers=dict(exc.headers or {}))
+    log.error("unhandled_error", exc_info=exc)
+    return json_response(error_body(api, INTERNAL_ERROR, "server_error", "internal_error"), 500)

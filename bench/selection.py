@@ -24,8 +24,10 @@ from pathlib import Path
 import httpx
 
 from balancer.errors import UpstreamError
+from balancer.events import AttemptFailed, AttemptSucceeded
 from balancer.registry import Worker, parse_spec
 from balancer.selection import Selector
+from balancer.types import STRATEGIES
 
 SLOTS = 4
 BASE = 0.1  # seconds: a normal worker's mean latency
@@ -162,10 +164,12 @@ def simulate(policy: str, *, duration: float = 300.0, load: float = 0.7, seed: i
             start_or_queue(w, pending.pop(key), queued_sent)
         elapsed = now - sent
         if fails:
-            selector.attempt_failed(w.worker, UpstreamError("sim", reason="http_500"), elapsed)
+            selector.on_attempt_failed(
+                AttemptFailed(w.worker, UpstreamError("sim", reason="http_500"), elapsed)
+            )
             dispatch(request)
         else:
-            selector.attempt_succeeded(w.worker, elapsed)
+            selector.on_attempt_succeeded(AttemptSucceeded(w.worker, elapsed))
             latencies.append(now - request.arrived)
             served[w.name] += 1
     return summarise(policy, latencies, errors, served)
@@ -184,7 +188,8 @@ def summarise(policy: str, latencies: list[float], errors: int, served: dict[str
     )
 
 
-POLICIES = ("round_robin", "random", "least_requests", "least_latency", "weighted", "oracle")
+POLICIES = (*STRATEGIES, "oracle")
+"""Every strategy, and an oracle that knows each worker's true latency and queue."""
 
 
 def run(duration: float = 300.0) -> list[Result]:
@@ -226,7 +231,7 @@ def live(tmp: Path, *, seconds: float = 9.0, rate: float = 60.0) -> list[Result]
             "degrades-5x": 1,
             "fails-20pct": 0.8,
         }
-        for policy in POLICIES[:-1]:
+        for policy in STRATEGIES:
             model = f"live-{policy}"
             for name, url in urls.items():
                 register(lb_url, model, [url], strategy=policy, weight=weights[name])

@@ -9,7 +9,8 @@ from urllib.parse import urlsplit
 import httpx
 import orjson
 
-from balancer.calls import openai_url, template_request, upstream_headers
+from balancer.forwarding.prompt import template_request
+from balancer.forwarding.upstream import openai_url, upstream_headers
 from balancer.registry import Worker
 
 PROBE_PROMPT = "ping"

@@ -8,23 +8,27 @@ log, count and reschedule.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
+from balancer.config import (
+    DEFAULT_BASE_EJECTION_TIME,
+    DEFAULT_HEALTHY_THRESHOLD,
+    DEFAULT_MAX_EJECTION_PERCENT,
+    DEFAULT_MAX_EJECTION_TIME,
+    DEFAULT_PASSIVE_FAILURES,
+    DEFAULT_UNHEALTHY_THRESHOLD,
+    Settings,
+)
 from balancer.types import WorkerStatus
 
 EjectionReason = Literal["probe", "passive"]
 
-DEFAULT_HEALTHY_THRESHOLD = 2
-DEFAULT_UNHEALTHY_THRESHOLD = 3
-DEFAULT_PASSIVE_FAILURES = 5
-DEFAULT_BASE_EJECTION_TIME = 30.0
-DEFAULT_MAX_EJECTION_TIME = 300.0
-DEFAULT_MAX_EJECTION_PERCENT = 50.0
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HealthPolicy:
+    """How health is judged; its fields are settings of the same names."""
+
     healthy_threshold: int = DEFAULT_HEALTHY_THRESHOLD
     """Consecutive good probes that bring an ejected worker back."""
     unhealthy_threshold: int = DEFAULT_UNHEALTHY_THRESHOLD
@@ -35,6 +39,10 @@ class HealthPolicy:
     max_ejection_time: float = DEFAULT_MAX_EJECTION_TIME
     max_ejection_percent: float = DEFAULT_MAX_EJECTION_PERCENT
     """At most this share of a model's workers may be ejected by live traffic."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> HealthPolicy:
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,39 +1,43 @@
 """Feeds probe results and live-traffic outcomes to each worker's state machine, and reports
-every change of state (a log event, and to listeners such as the scheduler and metrics)."""
+every change of state (a log event, and `health_changed` for the scheduler and metrics)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from balancer.errors import UpstreamError
-from balancer.events import NullObserver
+from balancer.events import (
+    AttemptFailed,
+    AttemptSucceeded,
+    Events,
+    HealthChanged,
+    HealthSource,
+    Probed,
+)
 from balancer.logging import get_logger
-from balancer.registry import Registry, Worker
+from balancer.registry import Worker, WorkerRegistry
 from balancer.types import Clock
 from probes.checks import ProbeResult
 from probes.health import Transition
 
 log = get_logger("probes")
 
-TransitionListener = Callable[[Worker, Transition], None]
 
+class HealthMonitor:
+    """Live failures eject a worker without waiting for a probe, as Envoy's outlier detection."""
 
-class HealthMonitor(NullObserver):
-    """Also a ForwardingObserver: live failures eject a worker without waiting for a probe."""
-
-    def __init__(self, registry: Registry, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, registry: WorkerRegistry, events: Events, clock: Clock = time.monotonic
+    ) -> None:
         self.registry = registry
+        self.events = events
         self.clock = clock
-        self.listeners: list[TransitionListener] = []
-        self.probe_listeners: list[Callable[[Worker, ProbeResult], None]] = []
 
     def probe_result(self, worker: Worker, result: ProbeResult) -> Transition | None:
         now = self.clock()
-        for listener in self.probe_listeners:
-            listener(worker, result)
+        if self.events.probed:
+            self.events.probed.send(Probed(worker, result))
         if result.ok:
             transition = worker.health.probe_succeeded(now, result.latency_ms)
         else:
@@ -41,10 +45,11 @@ class HealthMonitor(NullObserver):
         self._report(worker, transition, "probe")
         return transition
 
-    def attempt_succeeded(self, worker: Worker, seconds: float) -> None:
-        worker.health.request_succeeded()
+    def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
+        event.worker.health.request_succeeded()
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
+    def on_attempt_failed(self, event: AttemptFailed) -> None:
+        worker, error = event.worker, event.error
         status = error.upstream_status
         if status is not None and status < 500:
             return  # 429 says "slow down", not "I am broken".
@@ -52,7 +57,7 @@ class HealthMonitor(NullObserver):
         transition = worker.health.request_failed(self.clock(), error.message, siblings)
         self._report(worker, transition, "passive")
 
-    def _report(self, worker: Worker, transition: Transition | None, source: str) -> None:
+    def _report(self, worker: Worker, transition: Transition | None, source: HealthSource) -> None:
         if transition is None:
             return
         health = worker.health
@@ -74,8 +79,8 @@ class HealthMonitor(NullObserver):
             log.info(
                 "worker_healthy", model=worker.model, worker=worker.id, reason=transition.reason
             )
-        for listener in self.listeners:
-            listener(worker, transition)
+        if self.events.health_changed:
+            self.events.health_changed.send(HealthChanged(worker, transition, source))
 
     def wall_time(self, monotonic: float | None) -> str | None:
         """A monotonic instant of ours as an ISO-8601 UTC time, for people."""

@@ -9,16 +9,14 @@ from datetime import datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from balancer.config import DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_JITTER
+from balancer.events import HealthChanged, RegistryChanged
 from balancer.logging import get_logger
-from balancer.registry import Registry, Worker
-from balancer.registry.registry import Change
+from balancer.registry import Worker, WorkerRegistry
 from probes.checks import Prober
-from probes.health import Transition
 from probes.monitor import HealthMonitor
 
 log = get_logger("probes.scheduler")
-
-DEFAULT_JITTER = 0.1
 
 
 class ProbeScheduler:
@@ -27,12 +25,12 @@ class ProbeScheduler:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: WorkerRegistry,
         prober: Prober,
         monitor: HealthMonitor,
         *,
-        interval: float,
-        jitter: float = DEFAULT_JITTER,
+        interval: float = DEFAULT_PROBE_INTERVAL,
+        jitter: float = DEFAULT_PROBE_JITTER,
     ) -> None:
         self.registry = registry
         self.prober = prober
@@ -44,8 +42,6 @@ class ProbeScheduler:
         )
         # APScheduler logs every run at INFO; a thousand workers would drown the real events.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        registry.subscribe(self._on_registry_change)
-        monitor.listeners.append(self._on_transition)
 
     @property
     def running(self) -> bool:
@@ -86,14 +82,17 @@ class ProbeScheduler:
             next_run_time=first,
         )
 
-    def _on_registry_change(self, change: Change, worker: Worker) -> None:
-        if change == "removed":
+    def on_registry_changed(self, event: RegistryChanged) -> None:
+        worker = event.worker
+        if event.change == "removed":
             if self.has_job(worker.id):
                 self._scheduler.remove_job(worker.id)
-        elif change == "registered" or not self.has_job(worker.id):
+        elif event.change == "registered" or not self.has_job(worker.id):
             self._add(worker)
 
-    def _on_transition(self, worker: Worker, transition: Transition) -> None:
+    def on_health_changed(self, event: HealthChanged) -> None:
+        """Ejected workers are probed twice as often; back in service, at the usual pace."""
+        transition, worker = event.transition, event.worker
         if "ejected" in (transition.old, transition.new) and self.has_job(worker.id):
             self._scheduler.reschedule_job(worker.id, trigger=self._trigger(worker))
 

@@ -1,6 +1,6 @@
 """The retry budget: at most ratio × requests plus a floor per second, over a sliding window."""
 
-from balancer.retry_budget import RetryBudget
+from balancer.forwarding.retry_budget import RetryBudget
 
 
 def test_a_quiet_model_may_still_retry_a_few_per_second() -> None:

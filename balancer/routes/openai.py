@@ -10,59 +10,61 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from balancer import openai_format
 from balancer.auth import require_api_key
-from balancer.calls import complete_text, render_messages
 from balancer.errors import BadRequest
-from balancer.forwarding import Lease, Relayed, relay_openai
-from balancer.middleware import request_id_var
+from balancer.events import RequestRecord
+from balancer.forwarding import sse
+from balancer.forwarding.lease import Lease
+from balancer.forwarding.prompt import complete_text
+from balancer.forwarding.relay import Relayed, relay_openai
 from balancer.registry import Worker
-from balancer.responses import json_response
-from balancer.routes.common import optional_number, read_json_object, served_headers
-from balancer.services import Services, services
+from balancer.responses import json_response, served_headers
+from balancer.routes.body import optional_number, read_json_object
+from balancer.wiring import Balancer
 
-router = APIRouter(prefix="/v1", tags=["openai"])
-
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-TemplateAnswer = Callable[[Services, Lease, dict[str, Any]], Awaitable[Relayed]]
+TemplateAnswer = Callable[[Balancer, Lease, dict[str, Any]], Awaitable[Relayed]]
 
 
-@router.get("/models")
-async def list_models(request: Request) -> Response:
-    svc = services(request)
-    require_api_key(request, svc.settings)
+async def list_models(request: Request, balancer: Balancer) -> Response:
+    """Every registered model, as OpenAI's model list."""
+    require_api_key(request, balancer.settings)
     data = []
-    for model in svc.registry.models():
-        workers = svc.registry.workers_of(model) or []
+    registry = balancer.registry
+    for model in registry.models():
+        workers = registry.workers_of(model) or []
         owner = next((w.spec.owner for w in workers if w.spec.owner), None) or "llm-balancer"
         data.append({"id": model, "object": "model", "created": 0, "owned_by": owner})
     return json_response({"object": "list", "data": data})
 
 
-@router.post("/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, "/chat/completions", _chat_from_template)
+async def chat_completions(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
+    """A chat completion, streamed or not, from a worker of the model."""
+    return await _forward(request, balancer, record, "/chat/completions", _chat_from_template)
 
 
-@router.post("/completions")
-async def completions(request: Request) -> Response:
-    return await _proxy(request, "/completions", _completion_from_template)
+async def completions(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
+    """A text completion, streamed or not, from a worker of the model."""
+    return await _forward(request, balancer, record, "/completions", _completion_from_template)
 
 
-@router.post("/embeddings")
-async def embeddings(request: Request) -> Response:
-    return await _proxy(request, "/embeddings", None)
+async def embeddings(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
+    """Embeddings, from an OpenAI-compatible worker of the model."""
+    return await _forward(request, balancer, record, "/embeddings", None)
 
 
-async def _proxy(request: Request, path: str, from_template: TemplateAnswer | None) -> Response:
-    svc = services(request)
-    require_api_key(request, svc.settings)
+async def _forward(
+    request: Request,
+    balancer: Balancer,
+    record: RequestRecord,
+    path: str,
+    from_template: TemplateAnswer | None,
+) -> Response:
+    require_api_key(request, balancer.settings)
     raw, data = await read_json_object(request)
     model = data.get("model")
     if not isinstance(model, str) or not model:
@@ -70,7 +72,7 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
-    workers = svc.forwarder.workers_of(model)
+    workers = balancer.forwarder.workers_of(model)
     accept = None
     if from_template is None:
         if not any(w.spec.api == "openai" for w in workers):
@@ -80,12 +82,11 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
                 model=model,
             )
         accept = _is_openai
-    request_id = request_id_var.get()
     options = data.get("stream_options")
     client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     # Streams carry token counts only when asked; ask on the client's behalf (and take the
     # extra chunk out again) so that every stream is metered.
-    ask_usage = stream and from_template is not None and svc.settings.stream_usage
+    ask_usage = stream and from_template is not None and balancer.settings.stream_usage
     extra: dict[str, Any] = {}
     if ask_usage and not client_wants_usage:
         extra["stream_options"] = {
@@ -106,25 +107,24 @@ async def _proxy(request: Request, path: str, from_template: TemplateAnswer | No
     async def attempt(lease: Lease) -> Relayed:
         if lease.worker.spec.api == "openai":
             return await relay_openai(
-                svc.transport,
+                balancer.transport,
                 lease,
                 path,
                 payload_for(lease.worker),
                 stream=stream,
-                request_id=request_id,
                 strip_usage=bool(extra),
             )
         assert from_template is not None
-        return await from_template(svc, lease, data)
+        return await from_template(balancer, lease, data)
 
-    served = await svc.forwarder.run(model, attempt, accept=accept)
+    served = await balancer.forwarder.run(record, model, attempt, accept=accept)
     relayed = served.value
     headers = served_headers(served.worker.id, served.attempts)
     if relayed.stream is not None:
         return StreamingResponse(
             relayed.stream,
             media_type=relayed.content_type,
-            headers={**headers, **SSE_HEADERS},
+            headers={**headers, **sse.HEADERS},
             background=BackgroundTask(relayed.close) if relayed.close else None,
         )
     return Response(relayed.body, relayed.status, headers=headers, media_type=relayed.content_type)
@@ -134,18 +134,18 @@ def _is_openai(worker: Worker) -> bool:
     return worker.spec.api == "openai"
 
 
-async def _chat_from_template(svc: Services, lease: Lease, data: dict[str, Any]) -> Relayed:
+async def _chat_from_template(balancer: Balancer, lease: Lease, data: dict[str, Any]) -> Relayed:
     try:
-        prompt = render_messages(data.get("messages"))
+        prompt = openai_format.render_messages(data.get("messages"))
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
-    text = await _template_text(svc, lease, prompt, data)
+    text = await _template_text(balancer, lease, prompt, data)
     model = data["model"]
     if data.get("stream"):
         options = data.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         body = openai_format.chat_completion_stream(model, prompt, text, include_usage)
-        return Relayed(200, "text/event-stream", stream=_one_chunk(body))
+        return Relayed(200, sse.CONTENT_TYPE, stream=_one_chunk(body))
     return Relayed(
         200,
         "application/json",
@@ -153,17 +153,19 @@ async def _chat_from_template(svc: Services, lease: Lease, data: dict[str, Any])
     )
 
 
-async def _completion_from_template(svc: Services, lease: Lease, data: dict[str, Any]) -> Relayed:
+async def _completion_from_template(
+    balancer: Balancer, lease: Lease, data: dict[str, Any]
+) -> Relayed:
     prompt = data.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
     if not isinstance(prompt, str):
         raise BadRequest("prompt must be a string for this model's workers")
-    text = await _template_text(svc, lease, prompt, data)
+    text = await _template_text(balancer, lease, prompt, data)
     model = data["model"]
     if data.get("stream"):
         body = openai_format.text_completion_stream(model, prompt, text)
-        return Relayed(200, "text/event-stream", stream=_one_chunk(body))
+        return Relayed(200, sse.CONTENT_TYPE, stream=_one_chunk(body))
     return Relayed(
         200,
         "application/json",
@@ -171,11 +173,11 @@ async def _completion_from_template(svc: Services, lease: Lease, data: dict[str,
     )
 
 
-async def _template_text(svc: Services, lease: Lease, prompt: str, data: dict[str, Any]) -> str:
+async def _template_text(
+    balancer: Balancer, lease: Lease, prompt: str, data: dict[str, Any]
+) -> str:
     temperature = optional_number(data, "temperature")
-    return await complete_text(
-        svc.transport, lease.worker, prompt, temperature, request_id_var.get()
-    )
+    return await complete_text(balancer.transport, lease, prompt, temperature)
 
 
 async def _one_chunk(body: bytes) -> AsyncIterator[bytes]:

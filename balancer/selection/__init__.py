@@ -9,25 +9,25 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from balancer.errors import UpstreamError
-from balancer.events import NullObserver
+from balancer.config import DEFAULT_STRATEGY
+from balancer.events import AttemptFailed, AttemptSucceeded, RegistryChanged
 from balancer.registry.models import Worker
 from balancer.selection.base import Policy
 from balancer.selection.least_latency import LeastLatency
 from balancer.selection.least_requests import LeastRequests
-from balancer.selection.random_pick import Random
+from balancer.selection.random_pick import RandomPick
 from balancer.selection.round_robin import RoundRobin
 from balancer.selection.weighted import Weighted
-from balancer.types import Clock
+from balancer.types import Clock, Strategy
 
-POLICIES: dict[str, Callable[[random.Random], Policy]] = {
+POLICIES: dict[Strategy, Callable[[random.Random], Policy]] = {
     "least_latency": lambda rng: LeastLatency(rng),
     "weighted": lambda rng: Weighted(),
     "round_robin": lambda rng: RoundRobin(),
-    "random": lambda rng: Random(rng),
+    "random": lambda rng: RandomPick(rng),
     "least_requests": lambda rng: LeastRequests(rng),
 }
-DEFAULT_STRATEGY = "least_latency"
+"""Every strategy name (`balancer.types.Strategy`) and how to make its policy for one model."""
 
 Why = Literal["", "exhausted", "at_capacity", "backing_off"]
 
@@ -41,12 +41,12 @@ class Choice:
     `backing_off` after a 429 with Retry-After."""
 
 
-class Selector(NullObserver):
-    """One policy instance per model; also a ForwardingObserver feeding outcomes to it."""
+class Selector:
+    """One policy instance per model; receives every attempt's outcome and passes it on."""
 
     def __init__(
         self,
-        default_strategy: str = DEFAULT_STRATEGY,
+        default_strategy: Strategy = DEFAULT_STRATEGY,
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
@@ -56,9 +56,9 @@ class Selector(NullObserver):
         self.default_strategy = default_strategy
         self.clock = clock
         self._rng = rng or random.Random()
-        self._policies: dict[str, tuple[str, Policy]] = {}
+        self._policies: dict[str, tuple[Strategy, Policy]] = {}
 
-    def policy(self, model: str, strategy: str | None = None) -> Policy:
+    def policy(self, model: str, strategy: Strategy | None = None) -> Policy:
         """The model's policy, created (or replaced, when the strategy changed) on demand."""
         wanted = strategy or self.default_strategy
         current = self._policies.get(model)
@@ -73,7 +73,7 @@ class Selector(NullObserver):
         *,
         exclude: Collection[str] = (),
         accept: Callable[[Worker], bool] | None = None,
-        strategy: str | None = None,
+        strategy: Strategy | None = None,
     ) -> Choice:
         """A worker for the next attempt, or why there is none.
 
@@ -94,22 +94,24 @@ class Selector(NullObserver):
             return Choice(None, panic, why="at_capacity")
         return Choice(self.policy(model, strategy).pick(free, now), panic)
 
-    def attempt_succeeded(self, worker: Worker, seconds: float) -> None:
-        current = self._policies.get(worker.model)
+    def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
+        current = self._policies.get(event.worker.model)
         if current is not None:
-            current[1].observe(worker, seconds, self.clock())
+            current[1].observe(event.worker, event.seconds, self.clock())
 
-    def attempt_failed(self, worker: Worker, error: UpstreamError, seconds: float) -> None:
-        current = self._policies.get(worker.model)
+    def on_attempt_failed(self, event: AttemptFailed) -> None:
+        current = self._policies.get(event.worker.model)
         if current is not None:
-            current[1].observe_failure(worker, self.clock())
+            current[1].observe_failure(event.worker, self.clock())
 
-    def forget(self, worker: Worker, *, last_of_model: bool) -> None:
+    def on_registry_changed(self, event: RegistryChanged) -> None:
         """Drop what is kept about a removed worker (and its model's policy with the last one)."""
-        if last_of_model:
-            self._policies.pop(worker.model, None)
-        elif (current := self._policies.get(worker.model)) is not None:
-            current[1].forget(worker.id)
+        if event.change != "removed":
+            return
+        if event.model_gone:
+            self._policies.pop(event.worker.model, None)
+        elif (current := self._policies.get(event.worker.model)) is not None:
+            current[1].forget(event.worker.id)
 
 
-__all__ = ["DEFAULT_STRATEGY", "POLICIES", "Choice", "Policy", "Selector"]
+__all__ = ["POLICIES", "Choice", "Policy", "Selector"]

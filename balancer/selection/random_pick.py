@@ -9,7 +9,7 @@ from balancer.registry.models import Worker
 from balancer.selection.base import StatelessPolicy
 
 
-class Random(StatelessPolicy):
+class RandomPick(StatelessPolicy):
     def __init__(self, rng: _random.Random | None = None) -> None:
         self._rng = rng or _random.Random()
 

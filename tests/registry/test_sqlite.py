@@ -8,7 +8,7 @@ import pytest
 
 from balancer.config import ConfigError
 from balancer.errors import WorkerNotFound
-from balancer.registry import Registry, open_store, parse_spec
+from balancer.registry import WorkerRegistry, open_store, parse_spec
 
 
 def spec(model: str, port: int) -> object:
@@ -21,7 +21,7 @@ def test_registrations_survive_reopening_the_file(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/reg.db"
 
     async def first() -> None:
-        registry = Registry(open_store(url))
+        registry = WorkerRegistry(open_store(url))
         await registry.store.open()
         for port in (1001, 1002, 1003):
             await registry.register(spec("a", port))  # type: ignore[arg-type]
@@ -30,7 +30,7 @@ def test_registrations_survive_reopening_the_file(tmp_path: Path) -> None:
         await registry.store.close()
 
     async def second() -> list[str]:
-        registry = Registry(open_store(url))
+        registry = WorkerRegistry(open_store(url))
         await registry.store.open()
         await registry.load()
         await registry.store.close()
@@ -44,7 +44,7 @@ def test_registrations_survive_reopening_the_file(tmp_path: Path) -> None:
 
 def test_removing_an_unknown_worker_is_not_found(tmp_path: Path) -> None:
     async def run() -> None:
-        registry = Registry(open_store("sqlite:///:memory:"))
+        registry = WorkerRegistry(open_store("sqlite:///:memory:"))
         await registry.store.open()
         with pytest.raises(WorkerNotFound):
             await registry.remove("a", "http://nowhere/x")

@@ -5,6 +5,7 @@ from collections import Counter, deque
 
 import pytest
 
+from balancer.events import AttemptSucceeded
 from balancer.registry import Worker, parse_spec
 from balancer.selection import POLICIES, Selector
 
@@ -50,7 +51,7 @@ def run_load(
             done = in_flight.popleft()
             done.inflight -= 1
             clock.now += 0.005
-            selector.attempt_succeeded(done, 0.05)
+            selector.on_attempt_succeeded(AttemptSucceeded(done, 0.05))
     return counts
 
 

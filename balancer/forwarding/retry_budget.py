@@ -7,8 +7,8 @@ from __future__ import annotations
 import math
 from collections import deque
 
-DEFAULT_RATIO = 0.2
-DEFAULT_MIN_PER_SECOND = 3.0
+from balancer.config import DEFAULT_RETRY_BUDGET_MIN_PER_SECOND, DEFAULT_RETRY_BUDGET_RATIO
+
 DEFAULT_WINDOW = 10
 
 
@@ -18,8 +18,8 @@ class RetryBudget:
     def __init__(
         self,
         *,
-        ratio: float = DEFAULT_RATIO,
-        min_per_second: float = DEFAULT_MIN_PER_SECOND,
+        ratio: float = DEFAULT_RETRY_BUDGET_RATIO,
+        min_per_second: float = DEFAULT_RETRY_BUDGET_MIN_PER_SECOND,
         window: int = DEFAULT_WINDOW,
     ) -> None:
         self.ratio = ratio

@@ -1,4 +1,4 @@
-"""What every route needs: the request body as one JSON object, and the served-by headers."""
+"""Reading a request body: one JSON object, and the fields every API checks the same way."""
 
 from __future__ import annotations
 
@@ -30,10 +30,6 @@ async def read_json_object(request: Request) -> tuple[bytes, dict[str, Any]]:
     if not isinstance(data, dict):
         raise BadRequest("the request body must be a JSON object")
     return body, data
-
-
-def served_headers(worker_id: str, attempts: int) -> dict[str, str]:
-    return {"X-Balancer-Worker": worker_id, "X-Balancer-Attempts": str(attempts)}
 
 
 def optional_number(data: dict[str, Any], key: str) -> float | None:

@@ -1,14 +1,15 @@
-"""The registry: workers by model, in memory for the hot path, written through to the store."""
+"""The registry's index: workers by model, in memory for the hot path, written through to the
+store. Every change is sent as `registry_changed`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 from balancer.errors import StoreUnavailable, WorkerNotFound
+from balancer.events import Change, Events, RegistryChanged
 from balancer.logging import get_logger
 from balancer.registry.models import Worker, WorkerSpec, normalise_url, worker_id
 from balancer.registry.store import Store
@@ -16,8 +17,6 @@ from balancer.types import Clock, Strategy
 from probes.health import HealthPolicy, WorkerHealth
 
 log = get_logger("balancer.registry")
-
-Change = Literal["registered", "updated", "removed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,31 +28,27 @@ class ModelOptions:
 
 
 _NO_OPTIONS = ModelOptions()
-Listener = Callable[[Change, Worker], None]
 
 
-class Registry:
+class WorkerRegistry:
     def __init__(
         self,
         store: Store,
         *,
+        events: Events | None = None,
         health_policy: HealthPolicy | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.store = store
+        self.events = events or Events()
         self.health_policy = health_policy or HealthPolicy()
         self.clock = clock
         self._by_model: dict[str, list[Worker]] = {}
         self._by_id: dict[str, Worker] = {}
         # Writes are serialised so the store and memory always agree on the order of changes.
         self._write_lock = asyncio.Lock()
-        self._listeners: list[Listener] = []
         self._options: dict[str, ModelOptions] = {}
         self._seen_version: int | None = None
-
-    def subscribe(self, listener: Listener) -> None:
-        """Be told of every registration, update and removal (probes and metrics listen)."""
-        self._listeners.append(listener)
 
     async def load(self) -> int:
         """Fill memory from the store at start-up."""
@@ -125,7 +120,7 @@ class Registry:
             del self._by_model[worker.model]
             self._options.pop(worker.model, None)
         worker.removed = True
-        self._emit("removed", worker)
+        self._emit("removed", worker, model_gone=not siblings)
 
     def _put(self, spec: WorkerSpec) -> tuple[Worker, bool]:
         if spec.strategy is not None or spec.fallbacks is not None:
@@ -145,9 +140,9 @@ class Registry:
         self._emit("registered", worker)
         return worker, True
 
-    def _emit(self, change: Change, worker: Worker) -> None:
-        for listener in self._listeners:
-            listener(change, worker)
+    def _emit(self, change: Change, worker: Worker, *, model_gone: bool = False) -> None:
+        if self.events.registry_changed:
+            self.events.registry_changed.send(RegistryChanged(change, worker, model_gone))
 
     def workers_of(self, model: str) -> list[Worker] | None:
         """The model's workers (the live list: do not modify), or None for an unknown model."""
@@ -170,4 +165,4 @@ class Registry:
         return len(self._by_id)
 
 
-__all__ = ["Registry", "normalise_url"]
+__all__ = ["ModelOptions", "WorkerRegistry", "normalise_url"]

@@ -6,7 +6,7 @@ import asyncio
 
 import uvicorn
 
-from balancer.fake_worker import Behaviour, FakeWorker
+from balancer.fakes.worker import Behaviour, FakeWorker
 from balancer.registry import WorkerSpec
 from balancer.server import EmbeddedServer, bind_loopback
 

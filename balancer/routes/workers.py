@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -10,21 +9,18 @@ from balancer.auth import require_admin
 from balancer.logging import get_logger
 from balancer.registry import parse_spec
 from balancer.responses import json_response
-from balancer.routes.common import read_json_object, required_string
-from balancer.services import services
+from balancer.routes.body import read_json_object, required_string
+from balancer.wiring import Balancer
 
-router = APIRouter(prefix="/api/server", tags=["registry"])
 log = get_logger("balancer.admin")
 
 
-@router.post("/register")
-async def register(request: Request) -> Response:
+async def register(request: Request, balancer: Balancer) -> Response:
     """Add a worker, or update it when (model_name, normalised req_url_template) is known."""
-    svc = services(request)
-    require_admin(request, svc.settings)
+    require_admin(request, balancer.settings)
     _, data = await read_json_object(request)
     spec = parse_spec(data)
-    worker, created = await svc.registry.register(spec)
+    worker, created = await balancer.registry.register(spec)
     log.info(
         "worker_registered" if created else "worker_updated",
         model=worker.model,
@@ -43,23 +39,21 @@ async def register(request: Request) -> Response:
     )
 
 
-@router.get("/workers")
-async def list_workers(request: Request) -> Response:
-    registry = services(request).registry
+async def list_workers(request: Request, balancer: Balancer) -> Response:
+    """Every worker (or those of `?model_name=`), secrets redacted."""
+    registry = balancer.registry
     model = request.query_params.get("model_name")
     workers = (registry.workers_of(model) or []) if model else list(registry)
     return json_response({"success": True, "data": [w.describe() for w in workers]})
 
 
-@router.post("/offline")
-async def offline(request: Request) -> Response:
+async def offline(request: Request, balancer: Balancer) -> Response:
     """Remove a worker; requests it is serving finish normally."""
-    svc = services(request)
-    require_admin(request, svc.settings)
+    require_admin(request, balancer.settings)
     _, data = await read_json_object(request)
     model = required_string(data, "model_name")
     url = required_string(data, "req_url_template")
-    worker = await svc.registry.remove(model, url)
+    worker = await balancer.registry.remove(model, url)
     log.info("worker_removed", model=model, worker=worker.id, url=url)
     return json_response(
         {
@@ -67,3 +61,16 @@ async def offline(request: Request) -> Response:
             "msg": f"remove llm worker(model_name={model}, url={url}) succeed!",
         }
     )
+
+
+async def health(request: Request, balancer: Balancer) -> Response:
+    """Per model and per worker: state, since when, failures, last probe, ejections."""
+    registry = balancer.registry
+    models = {}
+    for model in registry.models():
+        workers = registry.workers_of(model) or []
+        counts = {"healthy": 0, "ejected": 0, "unknown": 0}
+        for worker in workers:
+            counts[worker.status] += 1
+        models[model] = {**counts, "workers": [balancer.monitor.describe(w) for w in workers]}
+    return json_response({"success": True, "data": models})

@@ -19,8 +19,10 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
+from balancer.forwarding import sse
+
 _JSON = [(b"content-type", b"application/json")]
-_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_SSE = [(b"content-type", sse.CONTENT_TYPE.encode()), (b"cache-control", b"no-cache")]
 
 
 @dataclass(slots=True)
@@ -205,13 +207,15 @@ class FakeWorker:
                 "model": model,
                 "choices": [choice],
             }
-            await send({"type": "http.response.body", "body": _sse(chunk), "more_body": True})
+            await send(
+                {"type": "http.response.body", "body": sse.json_event(chunk), "more_body": True}
+            )
         last: dict[str, Any] = (
             {"index": 0, "delta": {}, "finish_reason": "stop"}
             if chat
             else {"index": 0, "text": "", "finish_reason": "stop"}
         )
-        tail = _sse(
+        tail = sse.json_event(
             {
                 "id": "chunk-fake",
                 "object": "chat.completion.chunk" if chat else "text_completion",
@@ -222,7 +226,7 @@ class FakeWorker:
         )
         options = request.get("stream_options")
         if isinstance(options, dict) and options.get("include_usage"):
-            tail += _sse(
+            tail += sse.json_event(
                 {
                     "id": "chunk-fake",
                     "object": "chat.completion.chunk",
@@ -232,7 +236,7 @@ class FakeWorker:
                     "usage": _usage(prompt, text),
                 }
             )
-        await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n"})
+        await send({"type": "http.response.body", "body": tail + sse.DONE})
 
     async def _embeddings(self, request: dict[str, Any], send: Send) -> None:
         inputs = request.get("input", "")
@@ -291,10 +295,6 @@ def _usage(prompt: str, text: str) -> dict[str, int]:
 def _vector(text: str) -> list[float]:
     digest = hashlib.sha256(text.encode()).digest()
     return [round(byte / 255.0, 4) for byte in digest[:8]]
-
-
-def _sse(obj: Any) -> bytes:
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
 def _query(scope: Scope) -> list[tuple[str, str]]:

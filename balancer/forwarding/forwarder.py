@@ -1,0 +1,242 @@
+"""Serving a request with a worker of its model, in three layers, outermost first:
+
+- `Forwarder.run`: the model, then its fallbacks in order, until one serves;
+- `_failover`: within one model, choose a worker, try it, and on a retryable failure try another
+  (never the same one twice), within the retry budget and the request's deadline, waiting for
+  capacity when every worker is at its `max_concurrency`;
+- `_attempt`: one worker, its slot held in a `Lease` that is released exactly once.
+
+The caller's attempt function does the I/O (`relay.py`, `prompt.py`); to hand the request to
+another worker it raises a retryable UpstreamError. What happens is sent as events.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import structlog
+
+from balancer.config import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT
+from balancer.errors import BalancerError, ModelNotFound, NoWorkerAvailable, UpstreamError
+from balancer.events import Events, Panic, Queued, RegistryChanged, RequestRecord, Retried
+from balancer.forwarding.capacity import CapacityQueue
+from balancer.forwarding.lease import Lease
+from balancer.forwarding.retry_budget import RetryBudget
+from balancer.logging import get_logger
+from balancer.registry import Worker, WorkerRegistry
+from balancer.selection import Choice, Selector
+from balancer.types import Clock
+
+T = TypeVar("T")
+Attempt = Callable[[Lease], Awaitable[T]]
+log = get_logger("balancer.forwarding")
+
+
+@dataclass(slots=True)
+class Served(Generic[T]):
+    value: T
+    worker: Worker
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Unserved:
+    attempts: int
+    last: UpstreamError | None
+    reason: str
+    budget_spent: bool = False
+
+
+class Forwarder:
+    def __init__(
+        self,
+        registry: WorkerRegistry,
+        selector: Selector,
+        *,
+        events: Events | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        budget: Callable[[], RetryBudget] = RetryBudget,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.selector = selector
+        self.events = events or Events()
+        self.max_retries = max_retries
+        self.request_timeout = request_timeout
+        self.queue_timeout = queue_timeout
+        self.clock = clock
+        self._new_budget = budget
+        self._budgets: dict[str, RetryBudget] = {}
+        self._capacity = CapacityQueue()
+
+    def workers_of(self, model: str) -> list[Worker]:
+        workers = self.registry.workers_of(model)
+        if not workers:
+            raise ModelNotFound(model)
+        return workers
+
+    async def run(
+        self,
+        record: RequestRecord,
+        model: str,
+        attempt: Attempt[T],
+        *,
+        accept: Callable[[Worker], bool] | None = None,
+    ) -> Served[T]:
+        """Serve a request with a worker of `model`, or of its fallbacks when none can."""
+        workers = self.workers_of(model)
+        structlog.contextvars.bind_contextvars(model=model)
+        record.model = model
+        deadline = self.clock() + self.request_timeout
+        outcome = await self._failover(record, model, workers, attempt, accept, deadline)
+        if isinstance(outcome, Served):
+            return outcome
+        attempts = outcome.attempts
+        for fallback in self.registry.options(model).fallbacks:
+            fallback_workers = self.registry.workers_of(fallback)
+            if not fallback_workers:
+                continue
+            log.info("fallback", model=model, fallback=fallback, reason=outcome.reason)
+            result = await self._failover(
+                record, fallback, fallback_workers, attempt, accept, deadline
+            )
+            attempts += result.attempts
+            if isinstance(result, Served):
+                result.attempts = attempts
+                return result
+        error: BalancerError
+        if attempts == 1 and outcome.last is not None and not outcome.budget_spent:
+            error = outcome.last  # one worker, one failure: its own words are the clearest
+        else:
+            error = NoWorkerAvailable(f"model {model}: {outcome.reason}", model=model)
+            error.worker = outcome.last.worker if outcome.last else None
+        error.attempts = attempts
+        raise error
+
+    async def _failover(
+        self,
+        record: RequestRecord,
+        model: str,
+        workers: list[Worker],
+        attempt: Attempt[T],
+        accept: Callable[[Worker], bool] | None,
+        deadline: float,
+    ) -> Served[T] | _Unserved:
+        """Try workers of one model, never the same one twice, within the retry budget."""
+        strategy = self.registry.options(model).strategy
+        budget = self._budgets.get(model)
+        if budget is None:
+            budget = self._budgets[model] = self._new_budget()
+        budget.deposit(self.clock())
+        tried: list[str] = []
+        last: UpstreamError | None = None
+        queue_deadline = min(self.clock() + self.queue_timeout, deadline)
+        while len(tried) <= self.max_retries:
+            choice = self.selector.choose(
+                model, workers, exclude=tried, accept=accept, strategy=strategy
+            )
+            worker = choice.worker
+            if worker is None:
+                if choice.why == "at_capacity" and await self._wait_for_capacity(
+                    model, queue_deadline
+                ):
+                    continue
+                return _Unserved(len(tried), last, _why_none(workers, choice, last))
+            if tried:
+                now = self.clock()
+                last_words = last.message if last else ""
+                if now >= deadline:
+                    return _Unserved(
+                        len(tried), last, f"request deadline passed; last error: {last_words}"
+                    )
+                if not budget.try_withdraw(now):
+                    log.warning("retry_budget_exhausted", model=model)
+                    return _Unserved(
+                        len(tried),
+                        last,
+                        "retry budget exhausted (the model is failing too often to retry); "
+                        f"last error: {last_words}",
+                        budget_spent=True,
+                    )
+                if self.events.retried:
+                    self.events.retried.send(Retried(model, last.reason if last else "unknown"))
+            if choice.panic:
+                log.warning("panic_routing", model=model, worker=worker.id)
+                if self.events.panic:
+                    self.events.panic.send(Panic(model, worker))
+            tried.append(worker.id)
+            try:
+                value = await self._attempt(record, worker, attempt)
+            except UpstreamError as exc:
+                exc.attempts = len(tried)
+                if not exc.retryable:
+                    raise
+                if exc.retry_after:
+                    worker.skip_until = self.clock() + exc.retry_after
+                last = exc
+                log.info("attempt_failed", model=model, worker=worker.id, error=exc.message)
+                continue
+            structlog.contextvars.bind_contextvars(worker=worker.id, attempts=len(tried))
+            return Served(value, worker, len(tried))
+        return _Unserved(
+            len(tried),
+            last,
+            f"all {len(tried)} attempts failed; last error: {last.message if last else ''}",
+        )
+
+    async def _attempt(self, record: RequestRecord, worker: Worker, attempt: Attempt[T]) -> T:
+        """One attempt on one worker; its outcome is reported, its slot freed exactly once."""
+        lease = Lease(
+            worker, record, clock=self.clock, events=self.events, on_release=self._capacity.released
+        )
+        try:
+            value = await attempt(lease)
+        except UpstreamError as exc:
+            if exc.retryable:
+                lease.failed(exc)
+            else:
+                # The worker answered, with a client error of the caller's making: it is alive
+                # and no slower for it.
+                lease.succeeded()
+            raise
+        finally:
+            # Cancellation (the client left) lands here too: the slot is freed either way,
+            # unless a stream took the lease over (it frees it when it ends).
+            if not lease.detached:
+                lease.release()
+        if not lease.detached:
+            lease.succeeded()
+        return value
+
+    async def _wait_for_capacity(self, model: str, until: float) -> bool:
+        """Wait until a slot of the model frees up; False once `until` has passed."""
+        started = self.clock()
+        if until <= started:
+            return False
+        try:
+            return await self._capacity.wait(model, until - started)
+        finally:
+            if self.events.queued:
+                self.events.queued.send(Queued(model, self.clock() - started))
+
+    def on_registry_changed(self, event: RegistryChanged) -> None:
+        """The model's last worker is gone: drop its budget."""
+        if event.model_gone:
+            self._budgets.pop(event.worker.model, None)
+
+
+def _why_none(workers: list[Worker], choice: Choice, last: UpstreamError | None) -> str:
+    if choice.why == "at_capacity":
+        return "every worker is at its max_concurrency and none freed up in time"
+    if choice.why == "backing_off":
+        return "every worker asked to back off (429 with Retry-After)"
+    if last is not None:
+        ejected = all(w.status == "ejected" for w in workers)
+        note = " (all workers are ejected)" if ejected else ""
+        return f"every worker failed{note}; last error: {last.message}"
+    return "no worker of this model can serve this request"

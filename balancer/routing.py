@@ -1,0 +1,177 @@
+"""The route table: every endpoint of the balancer, declared once, and the router that serves it.
+
+Each route names the API whose error envelope its failures use. Inference routes forward to a
+worker: each of their requests gets a `RequestRecord`, sent with `request_finished` once its
+last byte is out. The router serves the table itself, in front of FastAPI: FastAPI's stack
+(error, body-limit and telemetry middleware, routing, dependency solving) costs more per request
+than the rest of the balancer together, and our endpoints need none of it. FastAPI keeps the
+OpenAPI docs, made from this same table, and answers paths that are not in it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from balancer import __version__
+from balancer.events import RequestFinished, RequestRecord
+from balancer.middleware import request_id_var
+from balancer.responses import error_reply
+from balancer.routes import openai, operategpt, ops, workers
+from balancer.types import ClientApi
+from balancer.wiring import Balancer
+
+Method = Literal["GET", "POST"]
+Endpoint = Callable[[Request, Balancer], Awaitable[Response]]
+InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    method: Method
+    path: str
+    endpoint: Endpoint
+    api: ClientApi
+    """Whose error envelope a failure is answered in."""
+    tag: str
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRoute:
+    """A route that forwards to a worker of a model: metered, one record per request."""
+
+    method: Method
+    path: str
+    endpoint: InferenceEndpoint
+    api: ClientApi
+    tag: str
+
+
+ROUTES: tuple[Route | InferenceRoute, ...] = (
+    InferenceRoute("POST", "/v1/chat/completions", openai.chat_completions, "openai", "openai"),
+    InferenceRoute("POST", "/v1/completions", openai.completions, "openai", "openai"),
+    InferenceRoute("POST", "/v1/embeddings", openai.embeddings, "openai", "openai"),
+    InferenceRoute("POST", "/api/v1/chat/completions", operategpt.chat, "operategpt", "operategpt"),
+    Route("GET", "/v1/models", openai.list_models, "openai", "openai"),
+    Route("POST", "/api/server/register", workers.register, "operategpt", "registry"),
+    Route("GET", "/api/server/workers", workers.list_workers, "operategpt", "registry"),
+    Route("POST", "/api/server/offline", workers.offline, "operategpt", "registry"),
+    Route("GET", "/api/server/health", workers.health, "operategpt", "registry"),
+    Route("GET", "/healthz", ops.healthz, "operategpt", "ops"),
+    Route("GET", "/readyz", ops.readyz, "operategpt", "ops"),
+    Route("GET", "/metrics", ops.metrics, "operategpt", "ops"),
+)
+
+
+def api_of_path(path: str) -> ClientApi:
+    """The envelope for a path outside the table: OpenAI's under /v1/, OperateGPT's else."""
+    return "openai" if path.startswith("/v1/") else "operategpt"
+
+
+class Router:
+    """Serves the route table; everything else goes on to `fallback` (FastAPI)."""
+
+    def __init__(
+        self,
+        fallback: ASGIApp,
+        balancer: Balancer,
+        routes: tuple[Route | InferenceRoute, ...] = ROUTES,
+    ) -> None:
+        self.fallback = fallback
+        self.balancer = balancer
+        self._routes = {(route.method, route.path): route for route in routes}
+        self._methods: dict[str, list[str]] = {}
+        for route in routes:
+            self._methods.setdefault(route.path, []).append(route.method)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            route = self._routes.get((scope["method"], scope["path"]))
+            if isinstance(route, InferenceRoute):
+                await self._serve_inference(route, scope, receive, send)
+                return
+            if route is not None:
+                await self._serve(route, scope, receive, send)
+                return
+            allowed = self._methods.get(scope["path"])
+            if allowed is not None:
+                await self._method_not_allowed(allowed, scope, receive, send)
+                return
+        await self.fallback(scope, receive, send)
+
+    async def _serve(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            response = await route.endpoint(request, self.balancer)
+        except Exception as exc:
+            response = error_reply(route.api, exc)
+        await response(scope, receive, send)
+
+    async def _serve_inference(
+        self, route: InferenceRoute, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        record = RequestRecord(route.api, time.perf_counter(), request_id_var.get())
+        status = 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        request = Request(scope, receive)
+        try:
+            try:
+                response = await route.endpoint(request, self.balancer, record)
+            except Exception as exc:
+                response = error_reply(route.api, exc)
+            # A stream that breaks halfway raises out of here, and the server drops the
+            # connection: the client must not mistake a cut answer for a whole one.
+            await response(scope, receive, send_and_watch)
+        finally:
+            # A request whose client left (a cancellation) is counted too, with its status so far.
+            finished = self.balancer.events.request_finished
+            if finished:
+                finished.send(RequestFinished(record, status, time.perf_counter()))
+
+    async def _method_not_allowed(
+        self, allowed: list[str], scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        path = scope["path"]
+        error = HTTPException(
+            405,
+            f"method {scope['method']} not allowed on {path}",
+            headers={"Allow": ", ".join(allowed)},
+        )
+        await error_reply(api_of_path(path), error)(scope, receive, send)
+
+
+def openapi_schema(routes: tuple[Route | InferenceRoute, ...] = ROUTES) -> dict[str, Any]:
+    """The OpenAPI document of the route table (FastAPI's `/docs` and `/openapi.json`)."""
+    documented = [
+        APIRoute(
+            route.path,
+            _undocumented_signature,
+            methods=[route.method],
+            tags=[route.tag],
+            name=route.endpoint.__name__,
+            summary=route.endpoint.__name__.replace("_", " ").capitalize(),
+            description=route.endpoint.__doc__ or "",
+        )
+        for route in routes
+    ]
+    return get_openapi(title="llm-balancer", version=__version__, routes=documented)
+
+
+async def _undocumented_signature(request: Request) -> Response:
+    # Only describes a route for the schema; the Router serves every route of the table.
+    raise NotImplementedError
