@@ -5,26 +5,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"
+from balancer.fakes.processes import HOST, BalancerProcess, Process, WorkerProcess, free_port
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROXY_CORE = "0"
 LOAD_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -64,60 +55,10 @@ def children(pid: int) -> list[int]:
     return found
 
 
-class Proc:
-    """A process pinned to `cores`, its output in `log`, stopped by PID."""
-
-    def __init__(
-        self, args: list[str], log: Path, *, cores: str, env: dict[str, str] | None = None
-    ):
-        self.args = ["taskset", "-c", cores, *args]
-        self.log = log
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, ready_url: str | None = None, timeout: float = 20.0) -> Proc:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env
-            )
-        if ready_url:
-            deadline = time.monotonic() + timeout
-            while True:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"{self.args} exited:\n{self.log.read_text()[-2000:]}")
-                try:
-                    if httpx.get(ready_url, timeout=1).status_code < 500:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{ready_url} not up:\n{self.log.read_text()[-2000:]}")
-                time.sleep(0.05)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-
-
-def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Proc, str]:
-    port = free_port()
-    args = [sys.executable, "-m", "balancer", "fake-worker", "--port", str(port), "--name", name]
-    for key, value in options.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
-    url = f"http://{HOST}:{port}"
-    return Proc(args, tmp / f"worker-{name}.log", cores=LOAD_CORE).start(url + "/health"), url
+def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Process, str]:
+    worker = WorkerProcess(tmp, name, cores=LOAD_CORE, **options)
+    worker.start()
+    return worker, worker.url
 
 
 def balancer(
@@ -127,25 +68,18 @@ def balancer(
     name: str = "balancer",
     processes: int = 1,
     cores: str = PROXY_CORE,
-) -> tuple[Proc, str]:
-    port = free_port()
-    url = f"http://{HOST}:{port}"
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "balancer",
-            "serve",
-            "--port",
-            str(port),
-            "--workers",
-            str(processes),
-        ],
-        tmp / f"{name}.log",
+    source: Path | None = None,
+) -> tuple[Process, str]:
+    proc = BalancerProcess(
+        tmp,
+        env=env,
+        args=["--workers", str(processes)],
         cores=cores,
-        env={"BALANCER_STORE": f"sqlite:///{tmp}/{name}-{port}.db", **(env or {})},
+        name=name,
+        source=source,
     )
-    return proc.start(url + "/healthz"), url
+    proc.start()
+    return proc, proc.url
 
 
 NGINX_CONF = """
@@ -178,19 +112,21 @@ http {{
 """
 
 
-def nginx(tmp: Path, worker_urls: list[str]) -> tuple[Proc, str]:
+def nginx(tmp: Path, worker_urls: list[str]) -> tuple[Process, str]:
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     port = free_port()
     servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in worker_urls)
     conf = tmp / "nginx.conf"
     conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, host=HOST, port=port))
     url = f"http://{HOST}:{port}"
-    proc = Proc(
+    proc = Process(
         [binary, "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
         tmp / "nginx.log",
         cores=PROXY_CORE,
+        ready_url=url + "/health",
     )
-    return proc.start(url + "/health"), url
+    proc.start()
+    return proc, url
 
 
 def nginx_version() -> str:

@@ -19,7 +19,7 @@ import httpx
 
 from bench.harness import (
     LOAD_CORE,
-    Proc,
+    Process,
     balancer,
     children,
     cpu_seconds,
@@ -76,7 +76,7 @@ def median_cells(label: str, name: str, runs: list[tuple[object, float | None]])
 
 
 def run(tmp: Path, *, seconds: float = 5.0, rounds: int = 3) -> dict[str, object]:
-    procs: list[Proc] = []
+    procs: list[Process] = []
     try:
         w1, url1 = fake_worker(tmp, "w1")
         w2, url2 = fake_worker(tmp, "w2")

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from bench.harness import (
-    Proc,
+    Process,
     WrkResult,
     balancer,
     cpu_seconds,
@@ -36,7 +36,7 @@ class ProbeScale:
 def probe_scale(
     tmp: Path, *, n: int = 1000, idle_seconds: float = 15.0, load_seconds: float = 5.0
 ) -> ProbeScale:
-    procs: list[Proc] = []
+    procs: list[Process] = []
     try:
         target, target_url = fake_worker(tmp, "probed")
         w1, url1 = fake_worker(tmp, "scale-w1")
@@ -100,7 +100,7 @@ class Soak:
 
 
 def soak(tmp: Path, *, seconds: float = 300.0, warmup: float = 60.0, every: float = 5.0) -> Soak:
-    procs: list[Proc] = []
+    procs: list[Process] = []
     try:
         w1, url1 = fake_worker(tmp, "soak-w1")
         w2, url2 = fake_worker(tmp, "soak-w2")

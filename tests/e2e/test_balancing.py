@@ -14,13 +14,8 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import (
-    Balancer,
-    FakeWorker,
-    free_port,
-    openai_registration,
-    unique_model,
-)
+from balancer.fakes.processes import BalancerProcess, WorkerProcess, free_port
+from tests.e2e.conftest import openai_registration, unique_model
 
 
 class Load:
@@ -75,12 +70,12 @@ def sse_content(text: str) -> str:
     return "".join(parts)
 
 
-def register(client: httpx.Client, model: str, worker: FakeWorker, **fields: Any) -> None:
+def register(client: httpx.Client, model: str, worker: WorkerProcess, **fields: Any) -> None:
     reply = client.post("/api/server/register", json=openai_registration(model, worker, **fields))
     assert reply.status_code == 200, reply.text
 
 
-def test_weighted_three_to_one(client: httpx.Client, spawn: Callable[..., FakeWorker]) -> None:
+def test_weighted_three_to_one(client: httpx.Client, spawn: Callable[..., WorkerProcess]) -> None:
     model = unique_model()
     heavy, light = spawn("heavy"), spawn("light")
     register(client, model, heavy, weight=3, strategy="weighted")
@@ -95,7 +90,7 @@ def test_weighted_three_to_one(client: httpx.Client, spawn: Callable[..., FakeWo
 
 
 def test_least_latency_sends_most_traffic_to_the_fast_worker_and_follows_changes(
-    balancer: Balancer, client: httpx.Client, spawn: Callable[..., FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     fast, slow = spawn("fast", latency=0.01), spawn("slow", latency=0.2)
@@ -115,7 +110,7 @@ def test_least_latency_sends_most_traffic_to_the_fast_worker_and_follows_changes
 
 @pytest.mark.parametrize("how", ["answers 500", "is killed"])
 def test_a_failing_worker_mid_load_gives_zero_client_errors(
-    balancer: Balancer, client: httpx.Client, spawn: Callable[..., FakeWorker], how: str
+    balancer: BalancerProcess, client: httpx.Client, spawn: Callable[..., WorkerProcess], how: str
 ) -> None:
     model = unique_model()
     victim, a, b = spawn("victim"), spawn("a"), spawn("b")
@@ -134,7 +129,7 @@ def test_a_failing_worker_mid_load_gives_zero_client_errors(
 
 
 def test_a_stream_whose_first_worker_refuses_is_served_by_the_next(
-    balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     dead_url = f"http://127.0.0.1:{free_port()}/v1"
@@ -157,7 +152,7 @@ def test_a_stream_whose_first_worker_refuses_is_served_by_the_next(
 
 
 def test_a_stream_that_fails_before_its_first_byte_fails_over(
-    balancer: Balancer, client: httpx.Client, spawn: Callable[..., FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     broken, good = spawn("broken"), spawn("good")
@@ -175,7 +170,7 @@ def test_a_stream_that_fails_before_its_first_byte_fails_over(
 
 
 def test_a_400_from_the_worker_is_not_retried(
-    client: httpx.Client, spawn: Callable[..., FakeWorker]
+    client: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     first, second = spawn("first"), spawn("second")
@@ -189,7 +184,7 @@ def test_a_400_from_the_worker_is_not_retried(
 
 
 def test_429_with_retry_after_moves_on_and_skips_the_worker(
-    client: httpx.Client, spawn: Callable[..., FakeWorker]
+    client: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     limited, spare = spawn("limited"), spawn("spare")
@@ -204,7 +199,7 @@ def test_429_with_retry_after_moves_on_and_skips_the_worker(
     assert limited.served().get("/v1/chat/completions") == 1  # then skipped for 30 s
 
 
-def test_fallbacks_are_tried_in_order(client: httpx.Client, workers: list[FakeWorker]) -> None:
+def test_fallbacks_are_tried_in_order(client: httpx.Client, workers: list[WorkerProcess]) -> None:
     primary, empty, backup = unique_model("gpt-4"), unique_model("none"), unique_model("gpt-3.5")
     dead = f"http://127.0.0.1:{free_port()}/v1"
     client.post(
@@ -254,9 +249,9 @@ def test_when_nothing_can_serve_the_503_names_the_model_and_why(client: httpx.Cl
 
 
 def test_max_concurrency_queues_then_gives_up_with_a_clear_503(
-    tmp_path: Path, spawn: Callable[..., FakeWorker]
+    tmp_path: Path, spawn: Callable[..., WorkerProcess]
 ) -> None:
-    balancer = Balancer(tmp_path, env={"BALANCER_QUEUE_TIMEOUT": "0.5"})
+    balancer = BalancerProcess(tmp_path, env={"BALANCER_QUEUE_TIMEOUT": "0.5"})
     balancer.start()
     worker = spawn("single", latency=1.0)
     try:

@@ -5,14 +5,8 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import (
-    Balancer,
-    FakeWorker,
-    free_port,
-    openai_registration,
-    template_registration,
-    unique_model,
-)
+from balancer.fakes.processes import BalancerProcess, WorkerProcess, free_port
+from tests.e2e.conftest import openai_registration, template_registration, unique_model
 
 FAMILIES = [
     "balancer_requests_total",
@@ -51,7 +45,7 @@ def value(
 
 
 def test_every_family_is_exposed_from_start_up(tmp_path_factory: pytest.TempPathFactory) -> None:
-    balancer = Balancer(tmp_path_factory.mktemp("metrics-empty"))
+    balancer = BalancerProcess(tmp_path_factory.mktemp("metrics-empty"))
     balancer.start()
     try:
         with balancer.client() as client:
@@ -65,7 +59,7 @@ def test_every_family_is_exposed_from_start_up(tmp_path_factory: pytest.TempPath
 
 
 def test_one_request_moves_each_metric_once(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[0]))
@@ -103,7 +97,7 @@ def test_one_request_moves_each_metric_once(
 
 
 def test_a_retried_request_counts_one_request_and_one_retry(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post(
@@ -137,7 +131,7 @@ def test_a_retried_request_counts_one_request_and_one_retry(
 
 
 def test_a_stream_records_ttft_and_tokens_per_second(
-    balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[2]))
@@ -157,7 +151,7 @@ def test_a_stream_records_ttft_and_tokens_per_second(
 
 
 def test_a_client_that_asks_for_usage_still_gets_it(
-    balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[2]))
@@ -174,7 +168,7 @@ def test_a_client_that_asks_for_usage_still_gets_it(
 
 
 def test_template_answers_are_estimated_and_say_so(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[0]))
@@ -193,7 +187,7 @@ def test_unknown_models_share_one_label(client: httpx.Client) -> None:
 
 
 def test_a_removed_workers_series_go_with_it(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[0]))

@@ -14,15 +14,8 @@ import httpx
 import pytest
 import yaml
 
-from tests.conftest import (
-    Balancer,
-    FakeWorker,
-    Process,
-    free_port,
-    openai_registration,
-    template_registration,
-    wait_until_up,
-)
+from balancer.fakes.processes import BalancerProcess, Process, WorkerProcess, free_port
+from tests.e2e.conftest import openai_registration, template_registration
 
 ROOT = Path(__file__).parents[2]
 DASHBOARDS = sorted((ROOT / "grafana" / "dashboards").glob("*.json"))
@@ -89,15 +82,15 @@ def test_dashboards_are_valid_for_current_grafana(path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Balancer]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, BalancerProcess]]:
     """A balancer under load through real fake workers, scraped by a real Prometheus."""
     tmp = tmp_path_factory.mktemp("monitoring")
     prometheus = tool("prometheus")
     workers = [
-        FakeWorker(tmp, "steady", latency=0.01, chunks=6, chunk_delay=0.005),
-        FakeWorker(tmp, "flaky", latency=0.01, fail_rate=0.3),
+        WorkerProcess(tmp, "steady", latency=0.01, chunks=6, chunk_delay=0.005),
+        WorkerProcess(tmp, "flaky", latency=0.01, fail_rate=0.3),
     ]
-    balancer = Balancer(tmp, env={"BALANCER_PROBE_INTERVAL": "0.5"})
+    balancer = BalancerProcess(tmp, env={"BALANCER_PROBE_INTERVAL": "0.5"})
     config = yaml.safe_load((ROOT / "prometheus.yml").read_text())
     config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
     config["rule_files"] = [str(ROOT / "prometheus" / "rules.yml")]
@@ -112,6 +105,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Balan
             f"--web.listen-address=127.0.0.1:{port}",
         ],
         tmp / "prometheus.log",
+        ready_url=f"http://127.0.0.1:{port}/-/ready",
     )
     started: list[Process] = []
     try:
@@ -120,8 +114,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Balan
             started.append(process)
         server.spawn()
         started.append(server)
-        assert server.proc is not None
-        wait_until_up(f"http://127.0.0.1:{port}/-/ready", server.proc, server.log, timeout=30)
+        server.wait_until_up(timeout=30)
         with balancer.client() as client:
             for worker in workers:
                 client.post(
@@ -189,7 +182,7 @@ def wait_for_data(prometheus: str, expr: str, within: float = 20.0) -> list[Any]
 
 @pytest.mark.parametrize(("record", "expr"), rule_expressions(), ids=lambda v: str(v)[:60])
 def test_every_recording_rule_returns_data(
-    stack: tuple[str, Balancer], record: str, expr: str
+    stack: tuple[str, BalancerProcess], record: str, expr: str
 ) -> None:
     prometheus, _ = stack
     assert wait_for_data(prometheus, record), f"recording rule {record} has no data"
@@ -197,13 +190,13 @@ def test_every_recording_rule_returns_data(
 
 @pytest.mark.parametrize(("board", "title", "expr"), dashboard_queries(), ids=lambda v: str(v)[:50])
 def test_every_dashboard_query_returns_data(
-    stack: tuple[str, Balancer], board: str, title: str, expr: str
+    stack: tuple[str, BalancerProcess], board: str, title: str, expr: str
 ) -> None:
     prometheus, _ = stack
     assert wait_for_data(prometheus, expr), f"{board} / {title}: no data for {expr}"
 
 
-def test_the_alert_rules_load(stack: tuple[str, Balancer]) -> None:
+def test_the_alert_rules_load(stack: tuple[str, BalancerProcess]) -> None:
     prometheus, _ = stack
     groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
     alerts = {r["name"] for g in groups for r in g["rules"] if r["type"] == "alerting"}

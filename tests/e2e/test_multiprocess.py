@@ -10,13 +10,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Balancer, FakeWorker, openai_registration
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests.e2e.conftest import openai_registration
 from tests.e2e.test_metrics import FAMILIES, scrape, value
 
 
 @pytest.fixture(scope="module")
-def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
-    balancer = Balancer(tmp_path_factory.mktemp("multiprocess"), args=["--workers", "2"])
+def two(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
+    balancer = BalancerProcess(tmp_path_factory.mktemp("multiprocess"), args=["--workers", "2"])
     balancer.start()
     yield balancer
     balancer.stop()
@@ -39,14 +40,14 @@ def every_process_sees(url: str, model: str, present: bool, within: float = 5.0)
         time.sleep(0.2)
 
 
-def test_every_family_is_exposed_from_start_up(two: Balancer) -> None:
+def test_every_family_is_exposed_from_start_up(two: BalancerProcess) -> None:
     text = httpx.get(f"{two.url}/metrics", timeout=5).text
     for family in FAMILIES:
         assert f"# TYPE {family} " in text, family
 
 
 def test_registrations_reach_every_process_and_counts_add_up(
-    two: Balancer, workers: list[FakeWorker]
+    two: BalancerProcess, workers: list[WorkerProcess]
 ) -> None:
     httpx.post(
         f"{two.url}/api/server/register", json=openai_registration("shared", workers[0])
@@ -76,7 +77,7 @@ def test_registrations_reach_every_process_and_counts_add_up(
 
 
 def test_sigterm_stops_every_process_and_exits_0(tmp_path: Path) -> None:
-    balancer = Balancer(tmp_path, args=["--workers", "2"])
+    balancer = BalancerProcess(tmp_path, args=["--workers", "2"])
     balancer.start()
     balancer.signal(signal.SIGTERM)
     assert balancer.wait(20) == 0
@@ -86,7 +87,7 @@ def test_sigterm_stops_every_process_and_exits_0(tmp_path: Path) -> None:
 def test_settings_that_cannot_work_with_several_processes_are_refused(
     tmp_path: Path, args: list[str]
 ) -> None:
-    balancer = Balancer(tmp_path, args=args)
+    balancer = BalancerProcess(tmp_path, args=args)
     balancer.spawn()
     assert balancer.wait() == 1
     assert "bad_configuration" in balancer.log.read_text()

@@ -6,22 +6,17 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import (
-    Balancer,
-    FakeWorker,
-    openai_registration,
-    template_registration,
-    unique_model,
-)
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests.e2e.conftest import openai_registration, template_registration, unique_model
 
 
 @pytest.fixture
-def sdk(balancer: Balancer) -> openai.OpenAI:
+def sdk(balancer: BalancerProcess) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="unused", max_retries=0)
 
 
 def test_models_lists_every_registered_model(
-    client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     a, b = unique_model(), unique_model()
     client.post("/api/server/register", json=openai_registration(a, workers[0]))
@@ -31,7 +26,7 @@ def test_models_lists_every_registered_model(
 
 
 def test_chat_through_an_openai_worker_renames_the_model(
-    client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post(
@@ -46,7 +41,7 @@ def test_chat_through_an_openai_worker_renames_the_model(
 
 
 def test_streamed_chat_arrives_chunk_by_chunk(
-    client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[0]))
@@ -59,7 +54,7 @@ def test_streamed_chat_arrives_chunk_by_chunk(
 
 
 def test_template_workers_answer_chat_plain_and_streamed(
-    client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[1]))
@@ -74,7 +69,7 @@ def test_template_workers_answer_chat_plain_and_streamed(
 
 
 def test_a_conversation_is_rendered_into_the_template_prompt(
-    client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[1]))
@@ -86,7 +81,7 @@ def test_a_conversation_is_rendered_into_the_template_prompt(
 
 
 def test_completions_and_embeddings(
-    client: httpx.Client, sdk: openai.OpenAI, workers: list[FakeWorker]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     model, template_model = unique_model(), unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[2]))
@@ -109,7 +104,7 @@ def test_unknown_model_is_404_model_not_found(sdk: openai.OpenAI) -> None:
 
 
 def test_an_upstream_400_reaches_the_client_unchanged(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[0]))
@@ -132,7 +127,7 @@ def test_bad_openai_requests_get_openai_shaped_4xx(client: httpx.Client, body: b
 
 
 def test_a_stream_broken_by_the_worker_ends_with_an_error_the_sdk_raises(
-    client: httpx.Client, balancer: Balancer, fresh_worker: FakeWorker
+    client: httpx.Client, balancer: BalancerProcess, fresh_worker: WorkerProcess
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, fresh_worker))
@@ -147,7 +142,7 @@ def test_a_stream_broken_by_the_worker_ends_with_an_error_the_sdk_raises(
 
 
 def test_a_stream_whose_worker_stalls_is_cut_by_the_idle_timeout(
-    client: httpx.Client, fresh_worker: FakeWorker
+    client: httpx.Client, fresh_worker: WorkerProcess
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, fresh_worker, timeout=0.5))
@@ -161,7 +156,7 @@ def test_a_stream_whose_worker_stalls_is_cut_by_the_idle_timeout(
     assert "timed out" in reply.text.splitlines()[-2]
 
 
-def test_an_oversized_body_is_refused_before_it_is_read(balancer: Balancer) -> None:
+def test_an_oversized_body_is_refused_before_it_is_read(balancer: BalancerProcess) -> None:
     import socket
 
     with socket.create_connection(("127.0.0.1", balancer.port), timeout=5) as sock:
@@ -181,7 +176,7 @@ def test_an_oversized_body_is_refused_before_it_is_read(balancer: Balancer) -> N
 
 
 def test_a_client_leaving_mid_stream_frees_the_workers_slot(
-    client: httpx.Client, balancer: Balancer, fresh_worker: FakeWorker
+    client: httpx.Client, balancer: BalancerProcess, fresh_worker: WorkerProcess
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, fresh_worker))

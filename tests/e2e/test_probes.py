@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import Balancer, FakeWorker, openai_registration, unique_model
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests.e2e.conftest import openai_registration, unique_model
 
 INTERVAL = 0.5
 UNHEALTHY_THRESHOLD = 3
@@ -17,8 +18,8 @@ HEALTHY_THRESHOLD = 2
 
 
 @pytest.fixture(scope="module")
-def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
-    balancer = Balancer(
+def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
+    balancer = BalancerProcess(
         tmp_path_factory.mktemp("probes"),
         env={
             "BALANCER_PROBE_INTERVAL": str(INTERVAL),
@@ -32,7 +33,7 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
 
 
 @pytest.fixture
-def api(prober: Balancer) -> Iterator[httpx.Client]:
+def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
     with prober.client() as client:
         yield client
 
@@ -52,7 +53,7 @@ def wait_for(condition: Callable[[], bool], within: float) -> float:
     return time.monotonic() - started
 
 
-def status(api: httpx.Client, model: str, worker: FakeWorker) -> str:
+def status(api: httpx.Client, model: str, worker: WorkerProcess) -> str:
     return str(health_of(api, model)[f"{worker.url}/v1"]["status"])
 
 
@@ -61,7 +62,7 @@ def ask(api: httpx.Client, model: str) -> httpx.Response:
 
 
 def test_a_new_worker_turns_healthy_after_its_first_probe(
-    api: httpx.Client, spawn: Callable[..., FakeWorker]
+    api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model, worker = unique_model(), spawn("new")
     api.post("/api/server/register", json=openai_registration(model, worker))
@@ -75,7 +76,7 @@ def test_a_new_worker_turns_healthy_after_its_first_probe(
 
 
 def test_a_killed_worker_is_ejected_gets_no_traffic_and_comes_back(
-    api: httpx.Client, spawn: Callable[..., FakeWorker]
+    api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     doomed, steady = spawn("doomed"), spawn("steady")
@@ -103,7 +104,7 @@ def test_a_killed_worker_is_ejected_gets_no_traffic_and_comes_back(
 
 
 def test_live_failures_eject_a_worker_that_passes_its_probes(
-    api: httpx.Client, spawn: Callable[..., FakeWorker]
+    api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     sick, a, b = spawn("sick"), spawn("a"), spawn("b")
@@ -127,7 +128,7 @@ def test_live_failures_eject_a_worker_that_passes_its_probes(
 
 
 def test_panic_mode_routes_when_every_worker_is_ejected(
-    api: httpx.Client, prober: Balancer, spawn: Callable[..., FakeWorker]
+    api: httpx.Client, prober: BalancerProcess, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
     first, second = spawn("p1"), spawn("p2")
@@ -149,7 +150,7 @@ def test_panic_mode_routes_when_every_worker_is_ejected(
 
 
 def test_register_and_offline_add_and_remove_probe_jobs(
-    api: httpx.Client, spawn: Callable[..., FakeWorker]
+    api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model, worker = unique_model(), spawn("jobs")
     api.post("/api/server/register", json=openai_registration(model, worker))
@@ -164,7 +165,7 @@ def test_register_and_offline_add_and_remove_probe_jobs(
 
 
 def test_readyz_for_a_model_needs_a_healthy_worker(
-    api: httpx.Client, spawn: Callable[..., FakeWorker]
+    api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     assert api.get("/readyz").status_code == 200
     missing = api.get("/readyz", params={"model": "never-registered"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Balancer
+from balancer.fakes.processes import BalancerProcess
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -18,8 +18,8 @@ def shell_examples() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Balancer]:
-    balancer = Balancer(tmp_path_factory.mktemp("readme"), args=["--demo"])
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
+    balancer = BalancerProcess(tmp_path_factory.mktemp("readme"), args=["--demo"])
     balancer.start()
     yield balancer
     balancer.stop()
@@ -43,7 +43,7 @@ def test_the_readme_has_examples_for_every_endpoint() -> None:
 
 
 @pytest.mark.parametrize("script", shell_examples(), ids=lambda s: s.split("\n")[0][:40])
-def test_readme_example_runs(demo: Balancer, script: str) -> None:
+def test_readme_example_runs(demo: BalancerProcess, script: str) -> None:
     script = script.replace("127.0.0.1:8007", f"127.0.0.1:{demo.port}")
     done = subprocess.run(
         ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60

@@ -6,11 +6,12 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import FakeWorker, openai_registration, template_registration, unique_model
+from balancer.fakes.processes import WorkerProcess
+from tests.e2e.conftest import openai_registration, template_registration, unique_model
 
 
 def test_register_replies_in_the_operategpt_envelope(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     reply = client.post("/api/server/register", json=template_registration(model, workers[0]))
@@ -21,7 +22,7 @@ def test_register_replies_in_the_operategpt_envelope(
 
 
 def test_listing_is_a_json_array_with_live_fields(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post(
@@ -43,7 +44,7 @@ def test_listing_is_a_json_array_with_live_fields(
 
 
 def test_latency_is_recorded_once_the_worker_served(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[0]))
@@ -53,7 +54,7 @@ def test_latency_is_recorded_once_the_worker_served(
 
 
 def test_registering_again_updates_instead_of_duplicating(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     url = f"{workers[0].url}/api/generate"
@@ -71,7 +72,7 @@ def test_registering_again_updates_instead_of_duplicating(
 
 
 def test_secret_headers_are_redacted_in_the_listing(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     headers = {
@@ -140,7 +141,7 @@ def test_malformed_bodies_get_a_4xx(client: httpx.Client, raw: bytes) -> None:
         assert reply.json()["success"] is False
 
 
-def test_offline_removes_the_worker(client: httpx.Client, workers: list[FakeWorker]) -> None:
+def test_offline_removes_the_worker(client: httpx.Client, workers: list[WorkerProcess]) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[0]))
     client.post("/api/server/register", json=template_registration(model, workers[1]))
@@ -174,7 +175,7 @@ def test_offline_needs_both_fields(client: httpx.Client) -> None:
 
 
 def test_removal_lets_requests_in_flight_finish(
-    client: httpx.Client, fresh_worker: FakeWorker
+    client: httpx.Client, fresh_worker: WorkerProcess
 ) -> None:
     model = unique_model()
     fresh_worker.control(latency=1.0)

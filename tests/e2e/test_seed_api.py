@@ -6,7 +6,8 @@ import httpx
 import orjson
 import pytest
 
-from tests.conftest import FakeWorker, openai_registration, template_registration, unique_model
+from balancer.fakes.processes import WorkerProcess
+from tests.e2e.conftest import openai_registration, template_registration, unique_model
 
 
 def ask(client: httpx.Client, model: str, prompt: str, **extra: object) -> httpx.Response:
@@ -16,7 +17,7 @@ def ask(client: httpx.Client, model: str, prompt: str, **extra: object) -> httpx
 
 
 def test_a_template_worker_answers_through_response_extract(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, workers[0]))
@@ -32,7 +33,7 @@ def test_a_template_worker_answers_through_response_extract(
 
 
 def test_placeholders_fill_nested_templates_with_typed_values(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     body = {
@@ -55,7 +56,7 @@ def test_placeholders_fill_nested_templates_with_typed_values(
 
 
 def test_without_response_extract_the_result_is_the_body_as_text(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     for extract in (None, ""):
         model = unique_model()
@@ -66,7 +67,7 @@ def test_without_response_extract_the_result_is_the_body_as_text(
 
 
 def test_get_workers_take_the_prompt_in_the_url(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post(
@@ -82,7 +83,7 @@ def test_get_workers_take_the_prompt_in_the_url(
 
 
 def test_an_openai_worker_serves_the_operategpt_endpoint(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post("/api/server/register", json=openai_registration(model, workers[1]))
@@ -90,7 +91,7 @@ def test_an_openai_worker_serves_the_operategpt_endpoint(
 
 
 def test_concurrent_prompts_each_get_their_own_answer(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     for worker in workers:
@@ -133,7 +134,9 @@ def test_bad_inference_input_is_a_4xx(client: httpx.Client, body: dict[str, obje
     assert reply.json()["success"] is False
 
 
-def test_upstream_failure_names_the_worker(client: httpx.Client, fresh_worker: FakeWorker) -> None:
+def test_upstream_failure_names_the_worker(
+    client: httpx.Client, fresh_worker: WorkerProcess
+) -> None:
     model = unique_model()
     client.post("/api/server/register", json=template_registration(model, fresh_worker))
     fresh_worker.control(fail_rate=1.0, fail_status=500)
@@ -145,7 +148,7 @@ def test_upstream_failure_names_the_worker(client: httpx.Client, fresh_worker: F
 
 
 def test_a_missing_extract_path_names_the_path(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post(
@@ -160,7 +163,7 @@ def test_a_missing_extract_path_names_the_path(
 
 
 def test_a_non_json_body_with_an_extract_path_is_a_failure(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     url = f"{workers[0].url}/api/text"
@@ -175,7 +178,7 @@ def test_a_non_json_body_with_an_extract_path_is_a_failure(
 
 
 def test_a_plain_text_worker_needs_no_extract(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     client.post(
@@ -188,7 +191,7 @@ def test_a_plain_text_worker_needs_no_extract(
 
 
 def test_an_upstream_client_error_keeps_its_status_and_is_not_retried(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model()
     for worker in workers:
@@ -207,7 +210,7 @@ def test_an_upstream_client_error_keeps_its_status_and_is_not_retried(
 
 
 def test_an_unreachable_worker_is_a_failure_not_a_crash(client: httpx.Client) -> None:
-    from tests.conftest import free_port
+    from balancer.fakes.processes import free_port
 
     model = unique_model()
     client.post(
@@ -224,9 +227,9 @@ def test_an_unreachable_worker_is_a_failure_not_a_crash(client: httpx.Client) ->
 
 
 def test_a_dead_worker_is_failed_over_to_another(
-    client: httpx.Client, workers: list[FakeWorker]
+    client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
-    from tests.conftest import free_port
+    from balancer.fakes.processes import free_port
 
     model = unique_model()
     client.post(

@@ -9,11 +9,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Balancer, FakeWorker, openai_registration, template_registration
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests.e2e.conftest import openai_registration, template_registration
 
 
-def test_sigkill_and_restart_keeps_every_worker(tmp_path: Path, workers: list[FakeWorker]) -> None:
-    first = Balancer(tmp_path)
+def test_sigkill_and_restart_keeps_every_worker(
+    tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    first = BalancerProcess(tmp_path)
     first.start()
     with first.client() as client:
         for i in range(20):
@@ -36,7 +39,7 @@ def test_sigkill_and_restart_keeps_every_worker(tmp_path: Path, workers: list[Fa
         before = client.get("/api/server/workers").json()["data"]
     first.signal(signal.SIGKILL)
     first.wait()
-    second = Balancer(tmp_path, db=first.db, port=first.port)
+    second = BalancerProcess(tmp_path, db=first.db, port=first.port)
     second.start()
     try:
         with second.client() as client:
@@ -54,9 +57,9 @@ def test_sigkill_and_restart_keeps_every_worker(tmp_path: Path, workers: list[Fa
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_0(
-    tmp_path: Path, fresh_worker: FakeWorker
+    tmp_path: Path, fresh_worker: WorkerProcess
 ) -> None:
-    balancer = Balancer(tmp_path)
+    balancer = BalancerProcess(tmp_path)
     balancer.start()
     fresh_worker.control(latency=1.0)
     with balancer.client() as client:
@@ -83,7 +86,9 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(
         httpx.get(f"{balancer.url}/healthz", timeout=1)
 
 
-def test_config_file_settings_and_static_workers(tmp_path: Path, workers: list[FakeWorker]) -> None:
+def test_config_file_settings_and_static_workers(
+    tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
     config = tmp_path / "balancer.yaml"
     config.write_text(
         "admin_token: from-file\n"
@@ -95,7 +100,7 @@ def test_config_file_settings_and_static_workers(tmp_path: Path, workers: list[F
         f"    req_url_template: {workers[1].url}/api/generate\n"
         "    response_extract: data.items[].attributes.answer\n"
     )
-    balancer = Balancer(tmp_path, args=["--config", str(config)])
+    balancer = BalancerProcess(tmp_path, args=["--config", str(config)])
     balancer.start()
     try:
         with balancer.client() as client:
@@ -131,7 +136,7 @@ def test_bad_configuration_is_one_log_line_and_exit_1(
     if config is not None:
         (tmp_path / "c.yaml").write_text(config)
         args = ["--config", str(tmp_path / "c.yaml")]
-    balancer = Balancer(tmp_path, env=env, args=args)
+    balancer = BalancerProcess(tmp_path, env=env, args=args)
     balancer.spawn()
     assert balancer.wait() == 1
     lines = [json.loads(line) for line in balancer.log.read_text().splitlines() if line.strip()]
@@ -140,8 +145,10 @@ def test_bad_configuration_is_one_log_line_and_exit_1(
     assert "Traceback" not in balancer.log.read_text()
 
 
-def test_admin_token_guards_register_and_offline(tmp_path: Path, workers: list[FakeWorker]) -> None:
-    balancer = Balancer(tmp_path, env={"BALANCER_ADMIN_TOKEN": "t0ken"})
+def test_admin_token_guards_register_and_offline(
+    tmp_path: Path, workers: list[WorkerProcess]
+) -> None:
+    balancer = BalancerProcess(tmp_path, env={"BALANCER_ADMIN_TOKEN": "t0ken"})
     balancer.start()
     try:
         with balancer.client() as client:
@@ -166,17 +173,17 @@ def test_admin_token_guards_register_and_offline(tmp_path: Path, workers: list[F
         balancer.stop()
 
 
-def test_without_a_token_admin_is_loopback_only_with_a_warning(balancer: Balancer) -> None:
+def test_without_a_token_admin_is_loopback_only_with_a_warning(balancer: BalancerProcess) -> None:
     events = [
         json.loads(line) for line in balancer.log.read_text().splitlines() if line.startswith("{")
     ]
     assert any(e["event"] == "admin_open_to_loopback" and e["level"] == "warning" for e in events)
 
 
-def test_api_keys_guard_inference(tmp_path: Path, workers: list[FakeWorker]) -> None:
+def test_api_keys_guard_inference(tmp_path: Path, workers: list[WorkerProcess]) -> None:
     import openai
 
-    balancer = Balancer(tmp_path, env={"BALANCER_API_KEYS": "k1,k2"})
+    balancer = BalancerProcess(tmp_path, env={"BALANCER_API_KEYS": "k1,k2"})
     balancer.start()
     try:
         with balancer.client() as client:
@@ -196,7 +203,7 @@ def test_api_keys_guard_inference(tmp_path: Path, workers: list[FakeWorker]) -> 
 
 
 def test_every_call_is_logged_with_a_request_id(
-    balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     client.post("/api/server/register", json=openai_registration("logged", workers[0]))
     reply = client.post(
@@ -225,7 +232,7 @@ def test_every_call_is_logged_with_a_request_id(
 
 
 def test_secret_headers_never_reach_the_log(
-    balancer: Balancer, client: httpx.Client, workers: list[FakeWorker]
+    balancer: BalancerProcess, client: httpx.Client, workers: list[WorkerProcess]
 ) -> None:
     client.post(
         "/api/server/register",

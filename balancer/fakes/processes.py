@@ -1,0 +1,175 @@
+"""Child processes on 127.0.0.1 (fake workers, balancers, nginx, Prometheus) for the end-to-end
+tests and the benchmark: started on a free port, waited for, stopped by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+class Process:
+    """A child process, its output in `log`; pinned to `cores` (taskset) when given. It is up
+    once `ready_url` answers below 500."""
+
+    def __init__(
+        self,
+        args: list[str],
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cores: str | None = None,
+        ready_url: str | None = None,
+        cwd: Path | None = None,
+    ) -> None:
+        self.args = ["taskset", "-c", cores, *args] if cores else args
+        self.log = log
+        self.env = {**os.environ, **(env or {})}
+        self.ready_url = ready_url
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def spawn(self) -> None:
+        """Start the process without waiting for it to serve."""
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.args, stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd
+            )
+
+    def start(self, timeout: float = 20.0) -> None:
+        """Start the process and wait until it answers."""
+        self.spawn()
+        if self.ready_url:
+            self.wait_until_up(timeout)
+
+    def wait_until_up(self, timeout: float = 20.0) -> None:
+        assert self.proc is not None and self.ready_url is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"{self.args} exited with {self.proc.returncode}:\n{self.tail()}"
+                )
+            try:
+                if httpx.get(self.ready_url, timeout=1.0).status_code < 500:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.ready_url} did not come up in {timeout}s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-3000:]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within 10 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.signal(signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+
+class WorkerProcess(Process):
+    """`balancer fake-worker` on a free port; options are its flags (latency=0.05, ...)."""
+
+    def __init__(self, tmp: Path, name: str, *, cores: str | None = None, **options: Any) -> None:
+        self.name = name
+        self.port = free_port()
+        args = [sys.executable, "-m", "balancer", "fake-worker", "--port", str(self.port)]
+        args += ["--name", name]
+        for key, value in options.items():
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        super().__init__(
+            args,
+            tmp / f"worker-{name}-{self.port}.log",
+            cores=cores,
+            ready_url=f"http://{HOST}:{self.port}/health",
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def control(self, **changes: Any) -> None:
+        """Change the worker's behaviour while it runs."""
+        httpx.post(self.url + "/_control", json=changes, timeout=5).raise_for_status()
+
+    def served(self) -> dict[str, int]:
+        data: dict[str, int] = httpx.get(self.url + "/_stats", timeout=5).json()["served"]
+        return data
+
+
+class BalancerProcess(Process):
+    """`balancer serve` on a free port (or `port`), its registry in a SQLite file of its own.
+
+    `source` runs another checkout of the balancer instead of this one (for side-by-side
+    benchmarks): its folder goes first on the module path.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        db: Path | None = None,
+        env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        port: int | None = None,
+        cores: str | None = None,
+        name: str = "balancer",
+        source: Path | None = None,
+    ) -> None:
+        self.port = port or free_port()
+        self.db = db or tmp / f"{name}-{self.port}.db"
+        base_env = {
+            "BALANCER_STORE": f"sqlite:///{self.db}",
+            "BALANCER_LOG_FORMAT": "json",
+            "BALANCER_SHUTDOWN_GRACE": "10",
+        }
+        if source is not None:
+            base_env["PYTHONPATH"] = str(source)
+        super().__init__(
+            [sys.executable, "-m", "balancer", "serve", "--port", str(self.port), *(args or [])],
+            tmp / f"{name}-{self.port}.log",
+            env={**base_env, **(env or {})},
+            cores=cores,
+            ready_url=f"http://{HOST}:{self.port}/healthz",
+            cwd=source,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30, **kwargs)

@@ -1,0 +1,95 @@
+"""This checkout against another, side by side in one interleaved run, with nginx for scale.
+
+    python -m bench.compare /path/to/other/checkout [--seconds 5] [--rounds 5]
+
+For a change that must not make the hot path dearer: `git worktree add /tmp/before <commit>`, then
+compare. Each proxy runs alone on core 0; wrk, the SSE client and two fake workers share core 1;
+the proxies take turns round after round, so noise on the machine hits them alike. Prints, per
+cell, the median CPU per request (or per stream) of each, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.harness import balancer, fake_worker, nginx, register, tree
+from bench.overhead import Proxy, measure, run_streams
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.compare")
+    parser.add_argument("other", type=Path, help="another checkout of llm-balancer")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    other = args.other.resolve()
+    with tempfile.TemporaryDirectory(prefix="llm-balancer-compare-") as name:
+        tmp = Path(name)
+        procs = []
+        try:
+            w1, url1 = fake_worker(tmp, "w1")
+            w2, url2 = fake_worker(tmp, "w2")
+            ng, ng_url = nginx(tmp, [url1, url2])
+            this, this_url = balancer(tmp, name="this")
+            that, that_url = balancer(tmp, name="other", source=other)
+            procs += [w1, w2, ng, this, that]
+            for url in (this_url, that_url):
+                register(url, "bench", [url1, url2], strategy="least_latency")
+            proxies = [
+                Proxy("nginx", ng_url, tree(ng.pid)),
+                Proxy("this", this_url, [this.pid]),
+                Proxy(f"other ({other.name})", that_url, [that.pid]),
+            ]
+            print(f"non-streamed, 0 ms upstream, 16 connections, {args.rounds} rounds")
+            cpu: dict[str, list[float]] = {p.name: [] for p in proxies}
+            for proxy in proxies:
+                measure(proxy, connections=16, seconds=1, tmp=tmp)  # warm-up
+            for _ in range(args.rounds):
+                for proxy in proxies:
+                    result, per_request = measure(
+                        proxy, connections=16, seconds=args.seconds, tmp=tmp
+                    )
+                    assert per_request is not None and not result.errors, result
+                    cpu[proxy.name].append(per_request)
+            _report(cpu, "us CPU per request")
+            time.sleep(0.5)
+            for url in (url1, url2):
+                httpx.post(url + "/_control", json={"latency": 0.0}).raise_for_status()
+            print(f"\nstreams of 16 chunks 5 ms apart, 16 connections, {args.rounds} rounds")
+            rows = run_streams(
+                proxies,
+                tmp,
+                seconds=args.seconds,
+                rounds=args.rounds,
+                worker_urls=[url1, url2],
+            )
+            for row in rows:
+                print(f"  {row['proxy']:<28} {row['cpu_us']:8.1f} us CPU per stream")
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
+    return 0
+
+
+def _report(cpu: dict[str, list[float]], unit: str) -> None:
+    medians = {name: statistics.median(values) for name, values in cpu.items()}
+    base = next(iter(medians.values()))
+    for name, values in cpu.items():
+        spread = ", ".join(f"{v:.0f}" for v in values)
+        print(
+            f"  {name:<28} {medians[name]:8.1f} {unit} ({medians[name] / base:.1f}x nginx)"
+            f"  runs: {spread}"
+        )
+    names = list(medians)
+    print(f"  this / other: {medians[names[1]] / medians[names[2]]:.3f}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

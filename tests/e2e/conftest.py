@@ -1,0 +1,98 @@
+"""Fixtures: real fake workers and real balancers, as processes on 127.0.0.1, stopped by PID."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+
+_counter = itertools.count()
+
+
+def unique_model(prefix: str = "m") -> str:
+    return f"{prefix}-{os.getpid()}-{next(_counter)}"
+
+
+def template_registration(model: str, worker: WorkerProcess, **fields: Any) -> dict[str, Any]:
+    """The OperateGPT seed's own registration shape, pointed at a fake worker."""
+    return {
+        "model_name": model,
+        "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
+        "req_url_template": f"{worker.url}/api/generate",
+        "owner": "operategpt",
+        "response_extract": "data.items[].attributes.answer",
+        **fields,
+    }
+
+
+def openai_registration(model: str, worker: WorkerProcess, **fields: Any) -> dict[str, Any]:
+    return {"model_name": model, "api": "openai", "req_url_template": f"{worker.url}/v1", **fields}
+
+
+@pytest.fixture(scope="session")
+def session_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("e2e")
+
+
+@pytest.fixture(scope="session")
+def workers(session_tmp: Path) -> Iterator[list[WorkerProcess]]:
+    """Three fake workers shared by the tests that do not change their behaviour."""
+    started = [WorkerProcess(session_tmp, f"w{i}") for i in range(1, 4)]
+    try:
+        for worker in started:
+            worker.start()
+        yield started
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def balancer(session_tmp: Path) -> Iterator[BalancerProcess]:
+    """One balancer shared by tests that register models of their own (unique names)."""
+    proc = BalancerProcess(session_tmp)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def client(balancer: BalancerProcess) -> Iterator[httpx.Client]:
+    with balancer.client() as c:
+        yield c
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """Start fake workers of this test's own: spawn(name, latency=0.01, ...)."""
+    started: list[WorkerProcess] = []
+
+    def make(name: str, **options: Any) -> WorkerProcess:
+        worker = WorkerProcess(tmp_path, name, **options)
+        worker.start()
+        started.append(worker)
+        return worker
+
+    yield make
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def fresh_worker(tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A fake worker of this test's own, free to be reconfigured or killed."""
+    worker = WorkerProcess(tmp_path, "fresh")
+    worker.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
