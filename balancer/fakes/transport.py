@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message
 
 from balancer.fakes.worker import Behaviour, FakeWorker
@@ -67,7 +68,8 @@ class FakeResponse:
         return self._body + b"".join(self._chunks)
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks or [self._body]:
+        # As aiohttp: never an empty chunk.
+        for chunk in self._chunks or ([self._body] if self._body else []):
             self.chunks_read += 1
             yield chunk
         if self._stall:
@@ -195,7 +197,8 @@ class _AsgiResponse:
         if first["type"] != "http.response.start":
             raise TransportError("reset", "the worker answered without a status")
         self.status = first["status"]
-        self.headers = {k.decode(): v.decode() for k, v in first.get("headers", [])}
+        # Case-insensitive, as aiohttp's are: the relay asks for "Retry-After", "Content-Type".
+        self.headers = Headers(raw=[(bytes(k), bytes(v)) for k, v in first.get("headers", [])])
 
     async def _run(self) -> None:
         sent = False
