@@ -5,27 +5,66 @@ restarts, several processes, the wire)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from asgi_lifespan import LifespanManager
 from prometheus_client import CollectorRegistry
+from starlette.types import ASGIApp
 
 from balancer.app import create_app
 from balancer.config import Settings
 from balancer.fakes.transport import FakeFleet
+from balancer.forwarding.transport import Transport
 from balancer.registry import WorkerSpec
 from balancer.wiring import Balancer, build
 
+if TYPE_CHECKING:
+    import httpx2
+    import openai
+
 
 class InProcess:
-    def __init__(self, fleet: FakeFleet, parts: Balancer, client: httpx.AsyncClient) -> None:
+    def __init__(
+        self,
+        fleet: FakeFleet,
+        parts: Balancer,
+        client: httpx.AsyncClient,
+        app: ASGIApp | None = None,
+    ) -> None:
         self.fleet = fleet
         self.parts = parts
         self.client = client
+        self.app = app
         self.metrics = parts.metrics.registry
+        self._sdk_clients: list[httpx2.AsyncClient] = []
+
+    def sdk(self, api_key: str = "unused") -> openai.AsyncOpenAI:
+        """The openai SDK, calling this balancer's /v1 (streams arrive whole, as in `client`)."""
+        # Imported here: only the tests that drive the SDK pay for it. The SDK speaks httpx2.
+        import httpx2
+        import openai
+
+        assert self.app is not None
+        http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app))
+        self._sdk_clients.append(http)
+        return openai.AsyncOpenAI(
+            base_url="http://balancer/v1", api_key=api_key, max_retries=0, http_client=http
+        )
+
+    async def aclose(self) -> None:
+        for http in self._sdk_clients:
+            await http.aclose()
+
+    def client_from(self, host: str) -> httpx.AsyncClient:
+        """Another client of the same app, calling from `host` (the loopback one is `client`)."""
+        assert self.app is not None
+        asgi = httpx.ASGITransport(app=self.app, client=(host, 40000))
+        return httpx.AsyncClient(transport=asgi, base_url="http://balancer")
 
     def worker(self, name: str, **behaviour: Any) -> str:
         """A fake worker; returns its base URL (http://<name>)."""
@@ -52,6 +91,14 @@ class InProcess:
         return self.metrics.get_sample_value(name, labels)
 
 
+async def eventually(condition: Callable[[], bool], within: float = 2.0) -> None:
+    """Wait until `condition` holds (probes, background tasks); fail if not within `within` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within}s"
+        await asyncio.sleep(0.005)
+
+
 def template_registration(model: str, url: str) -> dict[str, Any]:
     """The OperateGPT seed's own registration shape, pointed at a fake worker."""
     return {
@@ -65,19 +112,28 @@ def template_registration(model: str, url: str) -> dict[str, Any]:
 
 @asynccontextmanager
 async def in_process(
-    *, static_workers: list[WorkerSpec] | None = None, **settings: Any
+    *,
+    static_workers: list[WorkerSpec] | None = None,
+    transport: Transport | None = None,
+    **settings: Any,
 ) -> AsyncIterator[InProcess]:
-    """A started balancer with these settings (an in-memory store unless one is given)."""
+    """A started balancer with these settings (an in-memory store unless one is given).
+    Requests go to the fake fleet, or to `transport` when given (e.g. a `FakeTransport`, to see
+    what was sent); probes always go to the fleet."""
     fleet = FakeFleet()
     config = Settings(**{"store": "sqlite:///:memory:", **settings})
     parts = build(
         config,
-        transport=fleet.transport(),
+        transport=transport if transport is not None else fleet.transport(),
         probe_client=fleet.probe_client(config.probe_timeout),
         metrics_registry=CollectorRegistry(auto_describe=True),
     )
     app = create_app(config, balancer=parts, static_workers=static_workers or [])
     async with LifespanManager(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://balancer") as client:
-            yield InProcess(fleet, parts, client)
+        asgi = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=asgi, base_url="http://balancer") as client:
+            started = InProcess(fleet, parts, client, app)
+            try:
+                yield started
+            finally:
+                await started.aclose()

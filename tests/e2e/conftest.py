@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests import inprocess
 
 _counter = itertools.count()
 
@@ -21,15 +22,8 @@ def unique_model(prefix: str = "m") -> str:
 
 
 def template_registration(model: str, worker: WorkerProcess, **fields: Any) -> dict[str, Any]:
-    """The OperateGPT seed's own registration shape, pointed at a fake worker."""
-    return {
-        "model_name": model,
-        "body": {"input": "{USER_PROMPT}", "model_name": "{MODEL_NAME}"},
-        "req_url_template": f"{worker.url}/api/generate",
-        "owner": "operategpt",
-        "response_extract": "data.items[].attributes.answer",
-        **fields,
-    }
+    """The OperateGPT seed's own registration shape, pointed at a fake worker process."""
+    return {**inprocess.template_registration(model, worker.url), **fields}
 
 
 def openai_registration(model: str, worker: WorkerProcess, **fields: Any) -> dict[str, Any]:

@@ -9,10 +9,27 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from tests.e2e.conftest import openai_registration
-from tests.e2e.test_metrics import FAMILIES, scrape, value
+from tests.test_metrics import FAMILIES
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(client: httpx.Client) -> Samples:
+    """Every sample of /metrics, read as Prometheus reads it."""
+    text = client.get("/metrics").text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= ls)
 
 
 @pytest.fixture(scope="module")

@@ -91,8 +91,8 @@ def test_passive_ejection_grows_with_each_ejection_and_is_capped() -> None:
         durations.append(health.ejected_until - now)
         now = health.ejected_until
         health.probe_succeeded(now, 1.0)
-        health.probe_succeeded(now, 1.0)
-        assert health.status == "healthy"
+        back = health.probe_succeeded(now, 1.0)
+        assert back is not None and back.new == "healthy"
     assert durations[:3] == [30.0, 60.0, 90.0]
     assert max(durations) == 300.0
 

@@ -1,0 +1,39 @@
+"""Probe jobs follow the registry: a registered worker is probed on its own timer, a removed one
+no longer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.inprocess import eventually, in_process
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_register_and_offline_add_and_remove_probe_jobs() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        url = lb.worker("jobs")
+        worker_id = await lb.register_openai("m", url)
+        assert lb.parts.probes.has_job(worker_id)
+        served = lb.fleet.workers["jobs"].served
+        await eventually(lambda: served.get("/v1/models", 0) >= 2)
+        await lb.client.post(
+            "/api/server/offline", json={"model_name": "m", "req_url_template": f"{url}/v1"}
+        )
+        assert not lb.parts.probes.has_job(worker_id)
+        await asyncio.sleep(0.02)  # a probe already running may still land
+        count = served["/v1/models"]
+        await asyncio.sleep(0.05)  # five intervals
+        assert served["/v1/models"] == count
+
+
+async def test_a_new_worker_turns_healthy_after_its_first_probe() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        await lb.register_openai("m", lb.worker("new"))
+        [worker] = lb.parts.registry
+        await eventually(lambda: worker.status == "healthy")
+        served = lb.fleet.workers["new"].served
+        assert served["/v1/models"] >= 1  # probed the cheap way, not with a completion
+        assert "/v1/chat/completions" not in served

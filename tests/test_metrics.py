@@ -1,0 +1,138 @@
+"""Each metric moves exactly as much as it should, read from the balancer's own registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from balancer.metrics import UNKNOWN_MODEL
+from tests.inprocess import InProcess
+
+pytestmark = pytest.mark.anyio
+
+FAMILIES = [
+    "balancer_requests_total",
+    "balancer_request_duration_seconds",
+    "balancer_upstream_duration_seconds",
+    "balancer_overhead_seconds",
+    "balancer_time_to_first_token_seconds",
+    "balancer_output_tokens_total",
+    "balancer_input_tokens_total",
+    "balancer_output_tokens_per_second",
+    "balancer_inflight_requests",
+    "balancer_worker_up",
+    "balancer_worker_state",
+    "balancer_probe_duration_seconds",
+    "balancer_probe_failures_total",
+    "balancer_ejections_total",
+    "balancer_retries_total",
+    "balancer_panic_total",
+    "balancer_queue_wait_seconds",
+]
+
+
+def total(lb: InProcess, name: str, **labels: str) -> float:
+    """The sum of every sample of `name` whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in lb.metrics.collect()
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def labelled(lb: InProcess, label: str, value: str) -> list[str]:
+    """Every sample name with that label value."""
+    return [
+        sample.name
+        for family in lb.metrics.collect()
+        for sample in family.samples
+        if sample.labels.get(label) == value
+    ]
+
+
+async def test_every_family_is_exposed_from_start_up(lb: InProcess) -> None:
+    reply = await lb.client.get("/metrics")
+    assert reply.headers["content-type"].startswith("text/plain")
+    for family in FAMILIES:
+        assert f"# TYPE {family} " in reply.text, family
+        assert f"# HELP {family} " in reply.text, family
+
+
+async def test_one_request_moves_each_metric_once(lb: InProcess) -> None:
+    worker = await lb.register_openai("m", lb.worker("w1"))
+    reply = await lb.client.post(
+        "/api/v1/chat/completions", json={"input": "one two", "model_name": "m"}
+    )
+    assert reply.status_code == 200
+    mw = {"model": "m", "worker": worker}
+    assert lb.sample("balancer_requests_total", **mw, api="operategpt", code="200") == 1
+    assert lb.sample("balancer_request_duration_seconds_count", model="m", api="operategpt") == 1
+    assert lb.sample("balancer_upstream_duration_seconds_count", **mw, outcome="success") == 1
+    assert lb.sample("balancer_overhead_seconds_count", model="m", api="operategpt") == 1
+    # The fake worker reports usage: words of the prompt, words of "[w1] one two".
+    assert lb.sample("balancer_input_tokens_total", **mw, estimated="false") == 2
+    assert lb.sample("balancer_output_tokens_total", **mw, estimated="false") == 3
+    assert lb.sample("balancer_output_tokens_per_second_count", model="m", estimated="false") == 1
+    assert total(lb, "balancer_retries_total", model="m") == 0
+    assert total(lb, "balancer_time_to_first_token_seconds_count", model="m") == 0
+    assert lb.sample("balancer_inflight_requests", **mw) == 0
+    assert lb.sample("balancer_worker_up", **mw) == 1
+
+
+async def test_a_retried_request_counts_one_request_and_one_retry(lb: InProcess) -> None:
+    dead = await lb.register_openai("m", lb.worker("dead"), strategy="round_robin")
+    await lb.register_openai("m", lb.worker("w2"))
+    lb.fleet.stopped.add("dead")
+    reply = await lb.client.post("/api/v1/chat/completions", json={"input": "x", "model_name": "m"})
+    assert reply.headers["X-Balancer-Attempts"] == "2"
+    assert total(lb, "balancer_requests_total", model="m") == 1
+    assert lb.sample("balancer_retries_total", model="m", reason="connect") == 1
+    assert (
+        lb.sample(
+            "balancer_upstream_duration_seconds_count", model="m", worker=dead, outcome="connect"
+        )
+        == 1
+    )
+
+
+async def test_a_stream_records_ttft_and_tokens_per_second(lb: InProcess) -> None:
+    worker = await lb.register_openai("m", lb.worker("w3"))
+    stream = await lb.sdk().chat.completions.create(
+        model="m", messages=[{"role": "user", "content": "count my tokens"}], stream=True
+    )
+    [chunk async for chunk in stream]
+    assert lb.sample("balancer_time_to_first_token_seconds_count", model="m", worker=worker) == 1
+    assert lb.sample("balancer_output_tokens_per_second_count", model="m", estimated="false") == 1
+    # The usage the worker reported when asked on the client's behalf: "[w3] count my tokens".
+    assert (
+        lb.sample("balancer_output_tokens_total", model="m", worker=worker, estimated="false") == 4
+    )
+    assert lb.sample("balancer_inflight_requests", model="m", worker=worker) == 0
+
+
+async def test_template_answers_are_estimated_and_say_so(lb: InProcess) -> None:
+    await lb.register_template("m", lb.worker("w1"))
+    await lb.client.post("/api/v1/chat/completions", json={"input": "x" * 40, "model_name": "m"})
+    assert total(lb, "balancer_input_tokens_total", model="m", estimated="true") == 10
+    assert total(lb, "balancer_output_tokens_total", model="m", estimated="false") == 0
+
+
+async def test_unknown_models_share_one_label(lb: InProcess) -> None:
+    for i in range(5):
+        await lb.client.post(
+            "/api/v1/chat/completions", json={"input": "x", "model_name": f"typo-{i}"}
+        )
+    assert not any(labelled(lb, "model", f"typo-{i}") for i in range(5))
+    assert total(lb, "balancer_requests_total", model=UNKNOWN_MODEL, code="404") == 5
+
+
+async def test_a_removed_workers_series_go_with_it(lb: InProcess) -> None:
+    url = lb.worker("w1")
+    worker = await lb.register_openai("m", url)
+    await lb.client.post("/api/v1/chat/completions", json={"input": "x", "model_name": "m"})
+    assert total(lb, "balancer_requests_total", model="m") == 1
+    await lb.client.post(
+        "/api/server/offline", json={"model_name": "m", "req_url_template": f"{url}/v1"}
+    )
+    assert labelled(lb, "model", "m") == []
+    assert labelled(lb, "worker", worker) == []
