@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from contextvars import ContextVar
@@ -16,6 +17,8 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 log = get_logger("balancer.access")
 
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+CLIENT_CLOSED_REQUEST = 499
+"""The status logged and counted for a client that left before its answer (nginx's)."""
 
 
 def _valid_request_id(raw: bytes) -> str | None:
@@ -42,7 +45,7 @@ class RequestContextMiddleware:
         request_id_var.set(request_id)
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id)
-        status = 500
+        status = 500  # what the server answers if the app fails before it does
         started = time.perf_counter()
         header = (b"x-request-id", request_id.encode())
 
@@ -55,6 +58,10 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            if status == 500:
+                status = CLIENT_CLOSED_REQUEST  # gone before an answer was ready
+            raise
         finally:
             # A cancelled request (client gone) still gets its line, with the status it had.
             path = scope["path"]

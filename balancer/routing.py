@@ -20,11 +20,11 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer import __version__
 from balancer.events import RequestFinished, RequestRecord
-from balancer.middleware import request_id_var
+from balancer.middleware import CLIENT_CLOSED_REQUEST, request_id_var
 from balancer.responses import error_reply
 from balancer.routes import openai, operategpt, ops, workers
 from balancer.types import ClientApi
@@ -120,25 +120,21 @@ class Router:
         self, route: InferenceRoute, scope: Scope, receive: Receive, send: Send
     ) -> None:
         record = RequestRecord(route.api, time.perf_counter(), request_id_var.get())
-        status = 500
-
-        async def send_and_watch(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        # What the client is told, unless it leaves before an answer is ready (then 499, as
+        # nginx logs a client that closed its request).
+        status = CLIENT_CLOSED_REQUEST
         request = Request(scope, receive)
         try:
             try:
                 response = await route.endpoint(request, self.balancer, record)
             except Exception as exc:
                 response = error_reply(route.api, exc)
+            status = response.status_code
             # A stream that breaks halfway raises out of here, and the server drops the
             # connection: the client must not mistake a cut answer for a whole one.
-            await response(scope, receive, send_and_watch)
+            await response(scope, receive, send)
         finally:
-            # A request whose client left (a cancellation) is counted too, with its status so far.
+            # A request whose client left (a cancellation) is counted too.
             finished = self.balancer.events.request_finished
             if finished:
                 finished.send(RequestFinished(record, status, time.perf_counter()))

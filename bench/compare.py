@@ -51,8 +51,10 @@ def main() -> int:
             cpu: dict[str, list[float]] = {p.name: [] for p in proxies}
             for proxy in proxies:
                 measure(proxy, connections=16, seconds=1, tmp=tmp)  # warm-up
-            for _ in range(args.rounds):
-                for proxy in proxies:
+            for round_ in range(args.rounds):
+                # The two balancers swap places every round, so neither always runs first.
+                order = [proxies[0], *(proxies[1:] if round_ % 2 == 0 else proxies[:0:-1])]
+                for proxy in order:
                     result, per_request = measure(
                         proxy, connections=16, seconds=args.seconds, tmp=tmp
                     )
@@ -88,7 +90,13 @@ def _report(cpu: dict[str, list[float]], unit: str) -> None:
             f"  runs: {spread}"
         )
     names = list(medians)
-    print(f"  this / other: {medians[names[1]] / medians[names[2]]:.3f}")
+    paired = [a / b for a, b in zip(cpu[names[1]], cpu[names[2]], strict=True)]
+    print(
+        f"  this / other: {medians[names[1]] / medians[names[2]]:.3f} (medians); "
+        f"{statistics.median(paired):.3f} (median of the rounds' ratios: "
+        + ", ".join(f"{r:.2f}" for r in paired)
+        + ")"
+    )
 
 
 if __name__ == "__main__":

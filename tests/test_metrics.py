@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from balancer.metrics import UNKNOWN_MODEL
-from tests.inprocess import InProcess
+from tests.inprocess import InProcess, eventually
 
 pytestmark = pytest.mark.anyio
 
@@ -136,3 +138,21 @@ async def test_a_removed_workers_series_go_with_it(lb: InProcess) -> None:
     )
     assert labelled(lb, "model", "m") == []
     assert labelled(lb, "worker", worker) == []
+
+
+async def test_a_client_that_leaves_before_its_answer_counts_as_499_not_as_an_error(
+    lb: InProcess,
+) -> None:
+    await lb.register_openai("m", lb.worker("slow", latency=5.0))
+    request = lb.client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": "x"}]}
+    )
+    task = asyncio.ensure_future(request)
+    await eventually(lambda: lb.parts.registry.workers_of("m")[0].inflight == 1)  # type: ignore[index]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="499") == 1
+    assert (
+        lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="500") is None
+    )
