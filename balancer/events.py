@@ -8,43 +8,16 @@ functions called in order, on the event loop: they must not block.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar
+from typing import Literal
 
-from balancer.types import ClientApi
+from balancer.errors import UpstreamError
+from balancer.registry.index import RegistryChanged
+from balancer.registry.models import Worker
+from balancer.signals import Signal
+from balancer.types import ClientApi, WorkerStatus
 
-if TYPE_CHECKING:
-    from balancer.errors import UpstreamError
-    from balancer.registry.models import Worker
-    from probes.checks import ProbeResult
-    from probes.health import Transition
-
-P = TypeVar("P")
-
-Change = Literal["registered", "updated", "removed"]
 HealthSource = Literal["probe", "passive"]
-
-
-class Signal(Generic[P]):
-    __slots__ = ("_receivers", "name")
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._receivers: list[Callable[[P], None]] = []
-
-    def connect(self, receiver: Callable[[P], None]) -> None:
-        self._receivers.append(receiver)
-
-    def __bool__(self) -> bool:
-        return bool(self._receivers)
-
-    def send(self, params: P) -> None:
-        for receiver in self._receivers:
-            receiver(params)
-
-    def __repr__(self) -> str:
-        return f"<Signal {self.name}: {len(self._receivers)} receivers>"
 
 
 @dataclass(slots=True)
@@ -127,23 +100,23 @@ class Panic:
 
 @dataclass(frozen=True, slots=True)
 class Probed:
+    """A health probe of the worker ended: `ok` or not (`error` says why), after `seconds`."""
+
     worker: Worker
-    result: ProbeResult
+    ok: bool
+    seconds: float
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class HealthChanged:
+    """The worker's health state changed, because of a probe or of live traffic."""
+
     worker: Worker
-    transition: Transition
+    old: WorkerStatus
+    new: WorkerStatus
+    reason: str
     source: HealthSource
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryChanged:
-    change: Change
-    worker: Worker
-    model_gone: bool = False
-    """The worker was its model's last: whatever is kept per model can go too."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +130,8 @@ class RequestFinished:
 
 
 class Events:
-    """The signals of one balancer."""
+    """The signals of one balancer. `RegistryChanged` is defined with the registry (which sends
+    it, and sits below this module); every other parameter object is here."""
 
     __slots__ = (
         "attempt_failed",
@@ -183,3 +157,20 @@ class Events:
         self.health_changed = Signal[HealthChanged]("health_changed")
         self.registry_changed = Signal[RegistryChanged]("registry_changed")
         self.request_finished = Signal[RequestFinished]("request_finished")
+
+
+__all__ = [
+    "AttemptFailed",
+    "AttemptStarted",
+    "AttemptSucceeded",
+    "Events",
+    "HealthChanged",
+    "Panic",
+    "Probed",
+    "Queued",
+    "RegistryChanged",
+    "RequestFinished",
+    "RequestRecord",
+    "Retried",
+    "Signal",
+]

@@ -310,15 +310,13 @@ class Metrics:
         self._child(self.panics, event.model).inc()
 
     def on_probed(self, event: Probed) -> None:
-        worker, result = event.worker, event.result
-        self._child(self.probe_duration, worker.model, worker.id).observe(
-            result.latency_ms / 1000.0
-        )
-        if not result.ok:
+        worker = event.worker
+        self._child(self.probe_duration, worker.model, worker.id).observe(event.seconds)
+        if not event.ok:
             self._child(self.probe_failures, worker.model, worker.id).inc()
 
     def on_health_changed(self, event: HealthChanged) -> None:
-        if event.transition.new == "ejected":
+        if event.new == "ejected":
             worker = event.worker
             reason = worker.health.ejection_reason or "probe"
             self._child(self.ejections, worker.model, worker.id, reason).inc()

@@ -51,7 +51,7 @@ def build(
     events = Events()
     store = store if store is not None else open_store(settings.store)
     registry = WorkerRegistry(
-        store, events=events, health_policy=HealthPolicy.from_settings(settings)
+        store, changed=events.registry_changed, health_policy=HealthPolicy.from_settings(settings)
     )
     selector = Selector(settings.strategy)
     forwarder = Forwarder(

@@ -37,7 +37,9 @@ class HealthMonitor:
     def probe_result(self, worker: Worker, result: ProbeResult) -> Transition | None:
         now = self.clock()
         if self.events.probed:
-            self.events.probed.send(Probed(worker, result))
+            self.events.probed.send(
+                Probed(worker, result.ok, result.latency_ms / 1000.0, result.error)
+            )
         if result.ok:
             transition = worker.health.probe_succeeded(now, result.latency_ms)
         else:
@@ -80,7 +82,9 @@ class HealthMonitor:
                 "worker_healthy", model=worker.model, worker=worker.id, reason=transition.reason
             )
         if self.events.health_changed:
-            self.events.health_changed.send(HealthChanged(worker, transition, source))
+            self.events.health_changed.send(
+                HealthChanged(worker, transition.old, transition.new, transition.reason, source)
+            )
 
     def wall_time(self, monotonic: float | None) -> str | None:
         """A monotonic instant of ours as an ISO-8601 UTC time, for people."""

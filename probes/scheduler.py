@@ -92,8 +92,8 @@ class ProbeScheduler:
 
     def on_health_changed(self, event: HealthChanged) -> None:
         """Ejected workers are probed twice as often; back in service, at the usual pace."""
-        transition, worker = event.transition, event.worker
-        if "ejected" in (transition.old, transition.new) and self.has_job(worker.id):
+        worker = event.worker
+        if "ejected" in (event.old, event.new) and self.has_job(worker.id):
             self._scheduler.reschedule_job(worker.id, trigger=self._trigger(worker))
 
     async def _probe(self, worker: Worker) -> None:

@@ -11,9 +11,9 @@ import orjson
 
 from balancer.errors import UpstreamError
 from balancer.forwarding.lease import Lease
+from balancer.forwarding.openai_format import estimate_tokens, usage_counts
 from balancer.forwarding.transport import Transport
 from balancer.forwarding.upstream import UpstreamReply, openai_url, send, upstream_headers
-from balancer.openai_format import estimate_tokens, usage_counts
 from balancer.registry.models import Worker
 from balancer.templating import (
     DEFAULT_TEMPERATURE,

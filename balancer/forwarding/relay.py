@@ -19,6 +19,7 @@ from balancer.errors import UpstreamError
 from balancer.events import RequestRecord
 from balancer.forwarding import sse
 from balancer.forwarding.lease import Lease
+from balancer.forwarding.openai_format import usage_counts
 from balancer.forwarding.transport import Transport
 from balancer.forwarding.upstream import (
     RETRYABLE_STATUS,
@@ -27,7 +28,6 @@ from balancer.forwarding.upstream import (
     upstream_headers,
 )
 from balancer.logging import get_logger
-from balancer.openai_format import usage_counts
 
 log = get_logger("balancer.relay")
 

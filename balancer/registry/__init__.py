@@ -1,11 +1,12 @@
 """Worker registrations: what they are (models), where they are kept (store) and the index."""
 
-from balancer.registry.index import ModelOptions, WorkerRegistry
+from balancer.registry.index import ModelOptions, RegistryChanged, WorkerRegistry
 from balancer.registry.models import Worker, WorkerSpec, parse_spec
 from balancer.registry.store import Store, open_store
 
 __all__ = [
     "ModelOptions",
+    "RegistryChanged",
     "Store",
     "Worker",
     "WorkerRegistry",

@@ -7,12 +7,13 @@ import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 from balancer.errors import StoreUnavailable, WorkerNotFound
-from balancer.events import Change, Events, RegistryChanged
 from balancer.logging import get_logger
 from balancer.registry.models import Worker, WorkerSpec, normalise_url, worker_id
 from balancer.registry.store import Store
+from balancer.signals import Signal
 from balancer.types import Clock, Strategy
 from probes.health import HealthPolicy, WorkerHealth
 
@@ -29,18 +30,31 @@ class ModelOptions:
 
 _NO_OPTIONS = ModelOptions()
 
+Change = Literal["registered", "updated", "removed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryChanged:
+    """A worker was registered, updated or removed (here, or by another process sharing the
+    store)."""
+
+    change: Change
+    worker: Worker
+    model_gone: bool = False
+    """The worker was its model's last: whatever is kept per model can go too."""
+
 
 class WorkerRegistry:
     def __init__(
         self,
         store: Store,
         *,
-        events: Events | None = None,
+        changed: Signal[RegistryChanged] | None = None,
         health_policy: HealthPolicy | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self.store = store
-        self.events = events or Events()
+        self.changed = changed if changed is not None else Signal[RegistryChanged]("changed")
         self.health_policy = health_policy or HealthPolicy()
         self.clock = clock
         self._by_model: dict[str, list[Worker]] = {}
@@ -141,8 +155,8 @@ class WorkerRegistry:
         return worker, True
 
     def _emit(self, change: Change, worker: Worker, *, model_gone: bool = False) -> None:
-        if self.events.registry_changed:
-            self.events.registry_changed.send(RegistryChanged(change, worker, model_gone))
+        if self.changed:
+            self.changed.send(RegistryChanged(change, worker, model_gone))
 
     def workers_of(self, model: str) -> list[Worker] | None:
         """The model's workers (the live list: do not modify), or None for an unknown model."""
@@ -165,4 +179,4 @@ class WorkerRegistry:
         return len(self._by_id)
 
 
-__all__ = ["ModelOptions", "WorkerRegistry", "normalise_url"]
+__all__ = ["Change", "ModelOptions", "RegistryChanged", "WorkerRegistry", "normalise_url"]

@@ -14,11 +14,10 @@ from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from balancer import openai_format
 from balancer.auth import require_api_key
 from balancer.errors import BadRequest
 from balancer.events import RequestRecord
-from balancer.forwarding import sse
+from balancer.forwarding import openai_format, sse
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.prompt import complete_text
 from balancer.forwarding.relay import Relayed, relay_openai

@@ -10,8 +10,8 @@ import pytest
 from balancer.errors import UpstreamError
 from balancer.fakes.transport import FakeResponse
 from balancer.forwarding.lease import Lease
+from balancer.forwarding.openai_format import estimate_tokens
 from balancer.forwarding.prompt import complete_text
-from balancer.openai_format import estimate_tokens
 from balancer.registry import Worker, parse_spec
 from tests.conftest import FakeClock
 from tests.forwarding.helpers import Answer, by_host, completion, lease_on, openai_spec, status
