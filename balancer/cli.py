@@ -10,6 +10,8 @@ from typing import Any
 
 from balancer import __version__
 from balancer.config import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
     ENV_PREFIX,
     ConfigError,
     Settings,
@@ -52,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the balancer (uvicorn with uvloop and httptools). SIGTERM drains "
         "requests in flight, then exits 0.",
     )
-    serve.add_argument("--host", help="address to listen on [default: 127.0.0.1]")
-    serve.add_argument("--port", type=int, help="port to listen on [default: 8007]")
+    serve.add_argument("--host", help=f"address to listen on [default: {DEFAULT_HOST}]")
+    serve.add_argument("--port", type=int, help=f"port to listen on [default: {DEFAULT_PORT}]")
     serve.add_argument("--config", metavar="FILE", help="YAML file with settings and workers")
     serve.add_argument(
         "--workers",
@@ -77,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     fake = commands.add_parser("fake-worker", help="run a fake LLM worker (for demos and tests)")
-    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--host", default=DEFAULT_HOST)
     fake.add_argument("--port", type=int, default=8101)
     fake.add_argument("--name", default="fake", help="shown in every answer: [name] prompt")
     fake.add_argument("--latency", type=float, default=0.0, help="seconds before answering")

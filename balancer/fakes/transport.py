@@ -21,6 +21,7 @@ import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message
 
+from balancer.config import DEFAULT_PROBE_TIMEOUT
 from balancer.fakes.worker import Behaviour, FakeWorker
 from balancer.forwarding.transport import TransportError
 
@@ -126,7 +127,7 @@ class FakeFleet:
     def transport(self) -> FleetTransport:
         return FleetTransport(self)
 
-    def probe_client(self, timeout: float = 2.0) -> httpx.AsyncClient:
+    def probe_client(self, timeout: float = DEFAULT_PROBE_TIMEOUT) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=_HttpxFleet(self), timeout=timeout)
 
     def app_for(self, url: str) -> ASGIApp | None:
