@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in _SERVE_OWN_FLAGS:
             continue
         serve.add_argument(
-            f"--{name.replace('_', '-')}", dest=name, metavar="VALUE", help=field.description
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            metavar="VALUE",
+            help=(field.description or "").replace("%", "%%"),  # argparse formats help with %
         )
 
     fake = commands.add_parser("fake-worker", help="run a fake LLM worker (for demos and tests)")
@@ -126,6 +129,11 @@ def _serve(args: argparse.Namespace) -> int:
         get_logger("balancer").error("bad_configuration", error=str(exc))
         return 1
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    try:
+        _check_store(settings)
+    except ConfigError as exc:
+        get_logger("balancer").error("bad_configuration", error=str(exc))
+        return 1
     if args.workers > 1:
         return _serve_processes(args, settings)
 
@@ -142,6 +150,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 1
 
 
+def _check_store(settings: Settings) -> None:
+    """Open the store once before serving: a store this version cannot use (a newer schema, a
+    path that cannot be written) is one clear line and exit 1, not a server's traceback."""
+    import asyncio
+
+    from balancer.registry import open_store
+
+    async def check() -> None:
+        store = open_store(settings.store)
+        try:
+            await store.open()
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise ConfigError(f"store {settings.store}: {exc}") from exc
+        finally:
+            await store.close()
+
+    asyncio.run(check())
+
+
 def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
     import uvicorn
 
@@ -153,6 +182,7 @@ def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
         http="httptools",
         access_log=False,
         log_level=settings.log_level,
+        log_config=None,  # its lines go through our logging (balancer.logging), as JSON
         lifespan="on",
         timeout_graceful_shutdown=settings.shutdown_grace or None,  # type: ignore[arg-type]
         server_header=False,

@@ -39,7 +39,10 @@ DEFAULT_RETRY_BUDGET_MIN_PER_SECOND = 3.0
 DEFAULT_REQUEST_TIMEOUT = 600.0
 DEFAULT_QUEUE_TIMEOUT = 30.0
 DEFAULT_SHUTDOWN_GRACE = 30.0
-DEFAULT_WORKER_TIMEOUT = 60.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_WORKER_TIMEOUT = 600.0
+DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
+DEFAULT_MAX_RETRY_AFTER = 60.0
 
 ENV_PREFIX = "BALANCER_"
 
@@ -149,10 +152,31 @@ class Settings(BaseSettings):
         ge=0,
         description="Retries per second a model may always make, whatever its traffic.",
     )
+    connect_timeout: float = Field(
+        DEFAULT_CONNECT_TIMEOUT, gt=0, description="Seconds to connect to a worker."
+    )
+    worker_timeout: float = Field(
+        DEFAULT_WORKER_TIMEOUT,
+        gt=0,
+        description="Seconds a worker may take for a whole non-streamed answer, or for the first "
+        "chunk of a stream (a registration's `timeout` sets it per worker).",
+    )
+    stream_idle_timeout: float = Field(
+        DEFAULT_STREAM_IDLE_TIMEOUT,
+        gt=0,
+        description="Longest gap between two chunks of a stream, in seconds; a stalled stream "
+        "then ends with an error event.",
+    )
     request_timeout: float = Field(
         DEFAULT_REQUEST_TIMEOUT,
         gt=0,
-        description="Seconds a request may spend on all its attempts together.",
+        description="Seconds a request may take until its answer (its first chunk, for a "
+        "stream), all attempts together; then the client gets a 504.",
+    )
+    max_retry_after: float = Field(
+        DEFAULT_MAX_RETRY_AFTER,
+        ge=0,
+        description="Longest a worker's Retry-After keeps it out, in seconds.",
     )
     queue_timeout: float = Field(
         DEFAULT_QUEUE_TIMEOUT,

@@ -73,6 +73,13 @@ class NoWorkerAvailable(BalancerError):
     openai_code = "no_worker_available"
 
 
+class DeadlineExceeded(BalancerError):
+    """The request used up BALANCER_REQUEST_TIMEOUT before any worker answered."""
+
+    status_code = 504
+    openai_code = "request_timeout"
+
+
 class UpstreamError(BalancerError):
     """A worker failed to give a usable answer."""
 
@@ -96,8 +103,8 @@ class UpstreamError(BalancerError):
         self.reason = reason
         """A short, bounded label: connect, timeout, reset, http_<status>, invalid_response."""
         self.retry_after = retry_after
-        # A client error from the worker (not 429) keeps its status: it is the worker's answer.
-        if upstream_status is not None and 400 <= upstream_status < 500 and upstream_status != 429:
+        # The caller's own mistake, as the worker judged it, keeps its status: it is relayed.
+        if upstream_status is not None and 400 <= upstream_status < 500 and not retryable:
             self.status_code = upstream_status
 
 

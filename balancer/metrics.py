@@ -3,7 +3,8 @@
 Label values are bounded: registered model names, worker ids, the API, a status code or a short
 reason; never a prompt, a request id or an unknown model's name (those count as `_unknown`).
 Children are cached per label tuple so the hot path makes no label look-ups, and dropped with
-the worker they describe.
+the worker they describe: events that end after a worker's removal (a stream, a probe) do not
+bring its series back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -233,12 +234,18 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _model(self, name: str | None) -> str:
+        """The label of a model: its name while registered (label values stay bounded)."""
+        if name is None or self.workers.workers_of(name) is None:
+            return UNKNOWN_MODEL
+        return name
+
     def exposition(self) -> bytes:
         """The text Prometheus scrapes: every family, with HELP and TYPE even before a value."""
         if not self.multiprocess:
             return generate_latest(self.registry)
         merged = CollectorRegistry()
-        MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+        merged.register(_RegisteredSeries(self.workers))
         text = generate_latest(merged)
         # Families no process has written yet are missing from the files: announce them anyway.
         missing = []
@@ -266,8 +273,12 @@ class Metrics:
     def on_request_finished(self, event: RequestFinished) -> None:
         """One inference request, when its last byte is sent."""
         record = event.record
-        model = record.model or UNKNOWN_MODEL
+        model = self._model(record.model)
         worker = record.worker or ""
+        if worker and self.workers.get(worker) is None:
+            # Removed while this request was in flight: its series stay gone, and the request
+            # counts as one no worker answered.
+            worker = ""
         self._child(self.requests, model, worker, record.api, str(event.status)).inc()
         seconds = event.finished_at - record.started
         self._child(self.request_duration, model, record.api).observe(seconds)
@@ -276,7 +287,7 @@ class Metrics:
         until = record.first_byte_at if record.first_byte_at is not None else event.finished_at
         overhead = max(until - record.started - record.upstream_seconds, 0.0)
         self._child(self.overhead, model, record.api).observe(overhead)
-        if record.ttft is not None:
+        if record.ttft is not None and worker:
             self._child(self.ttft, model, worker).observe(record.ttft)
         estimated = "true" if record.tokens_estimated else "false"
         if record.input_tokens:
@@ -290,33 +301,39 @@ class Metrics:
 
     def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
         worker = event.worker
+        if worker.removed:  # ended after its removal: its series stay gone
+            return
         self._child(self.upstream_duration, worker.model, worker.id, "success").observe(
             event.seconds
         )
 
     def on_attempt_failed(self, event: AttemptFailed) -> None:
         worker = event.worker
+        if worker.removed:  # ended after its removal: its series stay gone
+            return
         self._child(self.upstream_duration, worker.model, worker.id, event.error.reason).observe(
             event.seconds
         )
 
     def on_retried(self, event: Retried) -> None:
-        self._child(self.retries, event.model, event.reason).inc()
+        self._child(self.retries, self._model(event.model), event.reason).inc()
 
     def on_queued(self, event: Queued) -> None:
-        self._child(self.queue_wait, event.model).observe(event.seconds)
+        self._child(self.queue_wait, self._model(event.model)).observe(event.seconds)
 
     def on_panic(self, event: Panic) -> None:
-        self._child(self.panics, event.model).inc()
+        self._child(self.panics, self._model(event.model)).inc()
 
     def on_probed(self, event: Probed) -> None:
         worker = event.worker
+        if worker.removed:  # ended after its removal: its series stay gone
+            return
         self._child(self.probe_duration, worker.model, worker.id).observe(event.seconds)
         if not event.ok:
             self._child(self.probe_failures, worker.model, worker.id).inc()
 
     def on_health_changed(self, event: HealthChanged) -> None:
-        if event.new == "ejected":
+        if event.new == "ejected" and not event.worker.removed:
             worker = event.worker
             reason = worker.health.ejection_reason or "probe"
             self._child(self.ejections, worker.model, worker.id, reason).inc()
@@ -337,8 +354,38 @@ class Metrics:
         for key in list(self._children):
             metric, *labels = key
             if worker.id in labels or (model_gone and labels[0] == worker.model):
-                metric.remove(*labels)
+                # In multiprocess mode `remove` leaves the series in the files and leaks the
+                # child's value (prometheus/client_python#720): the exposition leaves the series
+                # out instead, and the child stays for the worker's next registration.
+                if not self.multiprocess:
+                    metric.remove(*labels)
                 del self._children[key]
+
+
+class _RegisteredSeries(Collector):
+    """Multiprocess mode: every process's samples, from the files, without those of workers and
+    models this process no longer has registered (prometheus-client keeps every series it ever
+    wrote in the files). Another process's removal shows within a store refresh (a second)."""
+
+    def __init__(self, workers: WorkerRegistry) -> None:
+        self.workers = workers
+        self.files = MultiProcessCollector(None)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterator[Metric]:
+        # "": no worker answered; _unknown: no registered model. Both always stay.
+        workers = {"", *(worker.id for worker in self.workers)}
+        models = {UNKNOWN_MODEL, *self.workers.models()}
+        for family in self.files.collect():  # type: ignore[no-untyped-call]
+            family.samples = [
+                sample
+                for sample in family.samples
+                if sample.labels.get("worker", "") in workers
+                and sample.labels.get("model", UNKNOWN_MODEL) in models
+            ]
+            yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 class _WorkerStateCollector(Collector):

@@ -39,6 +39,9 @@ InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Respo
 class Route:
     method: Method
     path: str
+    """Exact, or ending with one parameter (`/v1/models/{model}`) that takes the rest of the
+    path, slashes included (model ids hold them: `meta-llama/Llama-3.1-8B`); the endpoint finds
+    it in `request.path_params`."""
     endpoint: Endpoint
     api: ClientApi
     """Whose error envelope a failure is answered in."""
@@ -62,6 +65,7 @@ ROUTES: tuple[Route | InferenceRoute, ...] = (
     InferenceRoute("POST", "/v1/embeddings", openai.embeddings, "openai", "openai"),
     InferenceRoute("POST", "/api/v1/chat/completions", operategpt.chat, "operategpt", "operategpt"),
     Route("GET", "/v1/models", openai.list_models, "openai", "openai"),
+    Route("GET", "/v1/models/{model}", openai.retrieve_model, "openai", "openai"),
     Route("POST", "/api/server/register", workers.register, "operategpt", "registry"),
     Route("GET", "/api/server/workers", workers.list_workers, "operategpt", "registry"),
     Route("POST", "/api/server/offline", workers.offline, "operategpt", "registry"),
@@ -88,25 +92,53 @@ class Router:
     ) -> None:
         self.fallback = fallback
         self.balancer = balancer
-        self._routes = {(route.method, route.path): route for route in routes}
+        self._routes: dict[tuple[str, str], Route | InferenceRoute] = {}
         self._methods: dict[str, list[str]] = {}
+        # Routes with a parameter are looked at only when no exact path matched.
+        self._with_parameter: dict[str, tuple[str, dict[str, Route | InferenceRoute]]] = {}
         for route in routes:
-            self._methods.setdefault(route.path, []).append(route.method)
+            prefix, parameter = _split_parameter(route.path)
+            if parameter is None:
+                self._routes[(route.method, route.path)] = route
+                self._methods.setdefault(route.path, []).append(route.method)
+            else:
+                _, by_method = self._with_parameter.setdefault(prefix, (parameter, {}))
+                by_method[route.method] = route
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             route = self._routes.get((scope["method"], scope["path"]))
+            if route is None and self._with_parameter:
+                route = self._match_parameter(scope)
             if isinstance(route, InferenceRoute):
                 await self._serve_inference(route, scope, receive, send)
                 return
             if route is not None:
                 await self._serve(route, scope, receive, send)
                 return
-            allowed = self._methods.get(scope["path"])
-            if allowed is not None:
+            allowed = self._methods.get(scope["path"]) or self._parameter_methods(scope["path"])
+            if allowed:
                 await self._method_not_allowed(allowed, scope, receive, send)
                 return
         await self.fallback(scope, receive, send)
+
+    def _match_parameter(self, scope: Scope) -> Route | InferenceRoute | None:
+        """The route whose parameter takes the rest of the path; its value goes to the scope's
+        `path_params`, where Starlette's `Request` finds it."""
+        path: str = scope["path"]
+        for prefix, (parameter, by_method) in self._with_parameter.items():
+            if len(path) > len(prefix) and path.startswith(prefix):
+                route = by_method.get(scope["method"])
+                if route is not None:
+                    scope["path_params"] = {parameter: path[len(prefix) :]}
+                return route
+        return None
+
+    def _parameter_methods(self, path: str) -> list[str]:
+        for prefix, (_, by_method) in self._with_parameter.items():
+            if len(path) > len(prefix) and path.startswith(prefix):
+                return list(by_method)
+        return []
 
     async def _serve(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
@@ -151,6 +183,16 @@ class Router:
         await error_reply(api_of_path(path), error)(scope, receive, send)
 
 
+def _split_parameter(path: str) -> tuple[str, str | None]:
+    """`/v1/models/{model}` → (`/v1/models/`, `model`); a path without one → (path, None)."""
+    head, brace, name = path.rpartition("{")
+    if not brace:
+        return path, None
+    if not name.endswith("}") or "{" in head or "}" in head or not head.endswith("/"):
+        raise ValueError(f"route {path}: only one parameter, as the last path segment")
+    return head, name[:-1]
+
+
 def openapi_schema(routes: tuple[Route | InferenceRoute, ...] = ROUTES) -> dict[str, Any]:
     """The OpenAPI document of the route table (FastAPI's `/docs` and `/openapi.json`)."""
     documented = [
@@ -162,10 +204,19 @@ def openapi_schema(routes: tuple[Route | InferenceRoute, ...] = ROUTES) -> dict[
             name=route.endpoint.__name__,
             summary=route.endpoint.__name__.replace("_", " ").capitalize(),
             description=route.endpoint.__doc__ or "",
+            openapi_extra=_parameter_doc(route.path),
         )
         for route in routes
     ]
     return get_openapi(title="llm-balancer", version=__version__, routes=documented)
+
+
+def _parameter_doc(path: str) -> dict[str, Any] | None:
+    _, parameter = _split_parameter(path)
+    if parameter is None:
+        return None
+    schema = {"type": "string"}
+    return {"parameters": [{"name": parameter, "in": "path", "required": True, "schema": schema}]}
 
 
 async def _undocumented_signature(request: Request) -> Response:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import httpx
 from prometheus_client import CollectorRegistry
 
 from balancer.config import Settings
@@ -19,6 +18,7 @@ from balancer.metrics import Metrics
 from balancer.registry import Store, WorkerRegistry, open_store
 from balancer.selection import Selector
 from probes.checks import Prober
+from probes.client import AiohttpProbeClient, ProbeClient
 from probes.health import HealthPolicy
 from probes.monitor import HealthMonitor
 from probes.scheduler import ProbeScheduler
@@ -35,7 +35,7 @@ class Balancer:
     forwarder: Forwarder
     monitor: HealthMonitor
     probes: ProbeScheduler
-    probe_client: httpx.AsyncClient
+    probe_client: ProbeClient
     metrics: Metrics
 
 
@@ -44,7 +44,7 @@ def build(
     *,
     store: Store | None = None,
     transport: Transport | None = None,
-    probe_client: httpx.AsyncClient | None = None,
+    probe_client: ProbeClient | None = None,
     metrics_registry: CollectorRegistry | None = None,
 ) -> Balancer:
     """A balancer's parts; real I/O (the store file, sockets) unless fakes are given."""
@@ -61,16 +61,18 @@ def build(
         max_retries=settings.max_retries,
         request_timeout=settings.request_timeout,
         queue_timeout=settings.queue_timeout,
+        worker_timeout=settings.worker_timeout,
+        max_retry_after=settings.max_retry_after,
         budget=lambda: RetryBudget(
             ratio=settings.retry_budget_ratio, min_per_second=settings.retry_budget_min_per_second
         ),
     )
     monitor = HealthMonitor(registry, events)
     if probe_client is None:
-        probe_client = httpx.AsyncClient(timeout=settings.probe_timeout, follow_redirects=False)
+        probe_client = AiohttpProbeClient()
     probes = ProbeScheduler(
         registry,
-        Prober(probe_client),
+        Prober(probe_client, timeout=settings.probe_timeout),
         monitor,
         interval=settings.probe_interval,
         jitter=settings.probe_jitter,
@@ -82,7 +84,12 @@ def build(
         store=store,
         registry=registry,
         selector=selector,
-        transport=transport if transport is not None else AiohttpTransport(),
+        transport=transport
+        if transport is not None
+        else AiohttpTransport(
+            connect_timeout=settings.connect_timeout,
+            stream_idle_timeout=settings.stream_idle_timeout,
+        ),
         forwarder=forwarder,
         monitor=monitor,
         probes=probes,

@@ -1,17 +1,19 @@
-"""What a probe sends to a worker, cheapest first. httpx here: probes are off the hot path."""
+"""What a probe sends to a worker, cheapest first, and how long a probe may take."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 
+from balancer.config import DEFAULT_PROBE_TIMEOUT
 from balancer.forwarding.prompt import template_request
 from balancer.forwarding.upstream import openai_url, upstream_headers
 from balancer.registry import Worker
+from probes.client import ProbeClient, Unreachable
 
 PROBE_PROMPT = "ping"
 
@@ -33,26 +35,33 @@ def origin(url: str) -> str:
 class Prober:
     """Sends one probe to one worker and says whether it is alive."""
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
+    def __init__(self, client: ProbeClient, *, timeout: float = DEFAULT_PROBE_TIMEOUT) -> None:
         self.client = client
+        self.timeout = timeout
+        """Seconds one probe may take, all told: connecting, waiting, reading, a fallback."""
 
     async def probe(self, worker: Worker) -> ProbeResult:
+        deadline = asyncio.get_running_loop().time() + self.timeout
         spec = worker.spec
         if spec.probe == "inference":
-            return await self._inference(worker)
+            return await self._inference(worker, deadline)
         if spec.health_url:
-            return await self._send(worker, "GET", spec.health_url, ok_below=400)
+            return await self._send(worker, deadline, "GET", spec.health_url, ok_below=400)
         if spec.api == "openai":
-            result = await self._send(worker, "GET", openai_url(worker, "/models"), ok_below=400)
-            if result.ok or result.status is None:
+            models = openai_url(worker, "/models")
+            result = await self._send(worker, deadline, "GET", models, ok_below=400)
+            if result.status != 404:
+                # A 401 or 403 too is a failed probe: with its configured key the worker cannot
+                # serve, however alive it is.
                 return result
             # Some OpenAI-style servers have no /models; their root /health is the next best.
             root = origin(spec.req_url_template) + "/health"
-            return await self._send(worker, "GET", root, ok_below=400)
+            return await self._send(worker, deadline, "GET", root, ok_below=400)
         # A generic HTTP API: a server that answers at all (below 500) is alive.
-        return await self._send(worker, "GET", origin(spec.req_url_template) + "/", ok_below=500)
+        root = origin(spec.req_url_template) + "/"
+        return await self._send(worker, deadline, "GET", root, ok_below=500)
 
-    async def _inference(self, worker: Worker) -> ProbeResult:
+    async def _inference(self, worker: Worker, deadline: float) -> ProbeResult:
         """A real request for one token: costs a little, proves the model answers."""
         if worker.spec.api == "openai":
             body = orjson.dumps(
@@ -64,11 +73,18 @@ class Prober:
             )
             url = openai_url(worker, "/chat/completions")
             return await self._send(
-                worker, "POST", url, body=body, content_type="application/json", ok_below=300
+                worker,
+                deadline,
+                "POST",
+                url,
+                body=body,
+                content_type="application/json",
+                ok_below=300,
             )
         request = template_request(worker, PROBE_PROMPT, None)
         return await self._send(
             worker,
+            deadline,
             request.method,
             request.url,
             body=request.body,
@@ -79,6 +95,7 @@ class Prober:
     async def _send(
         self,
         worker: Worker,
+        deadline: float,
         method: str,
         url: str,
         *,
@@ -87,23 +104,23 @@ class Prober:
         content_type: str | None = None,
     ) -> ProbeResult:
         started = time.perf_counter()
+        headers = upstream_headers(worker, None, content_type)
         try:
-            response = await self.client.request(
-                method, url, content=body, headers=upstream_headers(worker, None, content_type)
+            # One deadline for the whole probe: a worker that trickles its answer a byte at a
+            # time is cut off at it like one that never answers (the request is cancelled and
+            # its connection dropped).
+            async with asyncio.timeout_at(deadline):
+                status = await self.client.request(method, url, headers=headers, body=body)
+        except TimeoutError:
+            return ProbeResult(
+                False, _ms(started), f"{method} {url}: timed out (probe timeout {self.timeout:g} s)"
             )
-        except httpx.TimeoutException:
-            return ProbeResult(False, _ms(started), f"{method} {url}: timed out")
-        except httpx.HTTPError as exc:
-            return ProbeResult(False, _ms(started), f"{method} {url}: {type(exc).__name__}: {exc}")
+        except Unreachable as exc:
+            return ProbeResult(False, _ms(started), f"{method} {url}: {exc}")
         latency = _ms(started)
-        if response.status_code < ok_below:
-            return ProbeResult(True, latency, status=response.status_code)
-        return ProbeResult(
-            False,
-            latency,
-            f"{method} {url}: HTTP {response.status_code}",
-            status=response.status_code,
-        )
+        if status < ok_below:
+            return ProbeResult(True, latency, status=status)
+        return ProbeResult(False, latency, f"{method} {url}: HTTP {status}", status=status)
 
 
 def _ms(started: float) -> float:

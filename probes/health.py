@@ -7,6 +7,7 @@ log, count and reschedule.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Literal
@@ -36,6 +37,8 @@ class HealthPolicy:
     passive_failures: int = DEFAULT_PASSIVE_FAILURES
     """Consecutive failed live requests (connect error, timeout, 5xx) that eject a worker."""
     base_ejection_time: float = DEFAULT_BASE_EJECTION_TIME
+    """A passive ejection lasts this times the ejection multiplier; each stretch of this long in
+    service takes one off the multiplier."""
     max_ejection_time: float = DEFAULT_MAX_EJECTION_TIME
     max_ejection_percent: float = DEFAULT_MAX_EJECTION_PERCENT
     """At most this share of a model's workers may be ejected by live traffic."""
@@ -43,6 +46,12 @@ class HealthPolicy:
     @classmethod
     def from_settings(cls, settings: Settings) -> HealthPolicy:
         return cls(**{f.name: getattr(settings, f.name) for f in fields(cls)})
+
+    @property
+    def max_multiplier(self) -> int:
+        """The multiplier at which ejections reach `max_ejection_time`: it grows no further, so
+        a long bad spell does not take longer to forgive than one that just reached the cap."""
+        return max(1, math.ceil(self.max_ejection_time / self.base_ejection_time))
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +65,8 @@ class WorkerHealth:
     """The health of one worker."""
 
     __slots__ = (
+        "_decay_from",
+        "_multiplier",
         "consecutive_failures",
         "consecutive_successes",
         "ejected_until",
@@ -81,8 +92,12 @@ class WorkerHealth:
         self.last_probe_latency_ms: float | None = None
         self.last_error: str | None = None
         self.ejections = 0
+        """Every ejection so far, for people; `ejection_multiplier` sets their length."""
         self.ejection_reason: EjectionReason | None = None
         self.ejected_until: float | None = None
+        self._multiplier = 0
+        self._decay_from: float | None = now
+        """Since when the worker has been in service (None while it is ejected)."""
 
     def probe_succeeded(self, now: float, latency_ms: float) -> Transition | None:
         self.last_probe_at = now
@@ -108,9 +123,7 @@ class WorkerHealth:
             self.status != "ejected"
             and self.consecutive_failures >= self.policy.unhealthy_threshold
         ):
-            return self._eject(
-                now, "probe", f"{self.consecutive_failures} probes failed: {error}", until=None
-            )
+            return self._eject(now, "probe", f"{self.consecutive_failures} probes failed: {error}")
         return None
 
     def request_succeeded(self) -> None:
@@ -126,22 +139,32 @@ class WorkerHealth:
             return None
         if not may_eject(siblings, self.policy.max_ejection_percent):
             return None
-        duration = min(
-            self.policy.base_ejection_time * (self.ejections + 1), self.policy.max_ejection_time
-        )
         return self._eject(
-            now,
-            "passive",
-            f"{self.passive_failures} requests failed in a row: {error}",
-            until=now + duration,
+            now, "passive", f"{self.passive_failures} requests failed in a row: {error}"
         )
 
-    def _eject(
-        self, now: float, reason: EjectionReason, why: str, until: float | None
-    ) -> Transition:
+    def ejection_multiplier(self, now: float) -> int:
+        """The ejection multiplier at `now`, as Envoy's ejection backoff: each ejection adds one
+        (up to `policy.max_multiplier`), each `base_ejection_time` the worker then stays in
+        service takes one off. So one bad hour costs a few minutes of longer ejections, not
+        300 s ejections for the rest of the worker's life."""
+        if self._decay_from is None:
+            return self._multiplier
+        steps = int((now - self._decay_from) // self.policy.base_ejection_time)
+        return max(0, self._multiplier - steps)
+
+    def _eject(self, now: float, reason: EjectionReason, why: str) -> Transition:
+        """Probe ejections last until probes succeed; passive ones for a time that grows with
+        the multiplier. Both raise the multiplier."""
+        self._multiplier = min(self.ejection_multiplier(now) + 1, self.policy.max_multiplier)
+        self._decay_from = None
         self.ejections += 1
         self.ejection_reason = reason
-        self.ejected_until = until
+        self.ejected_until = None
+        if reason == "passive":
+            self.ejected_until = now + min(
+                self.policy.base_ejection_time * self._multiplier, self.policy.max_ejection_time
+            )
         self.consecutive_successes = 0
         self.passive_failures = 0
         return self._move("ejected", now, why)
@@ -151,6 +174,8 @@ class WorkerHealth:
         self.status = new
         self.since = now
         if new == "healthy":
+            if transition.old == "ejected":
+                self._decay_from = now
             self.ejection_reason = None
             self.ejected_until = None
             self.passive_failures = 0

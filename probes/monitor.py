@@ -52,9 +52,8 @@ class HealthMonitor:
 
     def on_attempt_failed(self, event: AttemptFailed) -> None:
         worker, error = event.worker, event.error
-        status = error.upstream_status
-        if status is not None and status < 500:
-            return  # 429 says "slow down", not "I am broken".
+        if error.upstream_status == 429:
+            return  # "Slow down", not "I am broken".
         siblings = [w.health for w in self.registry.workers_of(worker.model) or [worker]]
         transition = worker.health.request_failed(self.clock(), error.message, siblings)
         self._report(worker, transition, "passive")
@@ -107,6 +106,7 @@ class HealthMonitor:
             "last_probe_latency_ms": None if latency is None else round(latency, 3),
             "last_error": health.last_error,
             "ejections": health.ejections,
+            "ejection_multiplier": health.ejection_multiplier(self.clock()),
             "ejection_reason": health.ejection_reason,
             "ejected_until": self.wall_time(health.ejected_until),
         }

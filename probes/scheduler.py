@@ -1,10 +1,19 @@
-"""One APScheduler job per worker probes it on a timer; jobs follow the registry's changes."""
+"""One APScheduler job per worker probes it on a timer; jobs follow the registry's changes.
+
+Every call into the scheduler runs in a fresh, empty `contextvars.Context`. APScheduler's asyncio
+scheduler wakes itself with `call_soon_threadsafe` and `call_later`, which copy the caller's
+context, and each job's task copies the timer's: a worker registered (or ejected) by a request
+would otherwise have its probes, and every probe after them, log that request's id.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import ParamSpec, TypeVar
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
@@ -48,7 +57,7 @@ class ProbeScheduler:
         return bool(self._scheduler.running)
 
     def start(self) -> None:
-        self._scheduler.start()
+        _detached(self._scheduler.start)
         for worker in self.registry:
             self._add(worker)
 
@@ -73,7 +82,8 @@ class ProbeScheduler:
         first = datetime.now().astimezone() + timedelta(
             seconds=random.uniform(0, min(self.interval, 1.0) * self.jitter)
         )
-        self._scheduler.add_job(
+        _detached(
+            self._scheduler.add_job,
             self._probe,
             self._trigger(worker),
             args=[worker],
@@ -86,7 +96,7 @@ class ProbeScheduler:
         worker = event.worker
         if event.change == "removed":
             if self.has_job(worker.id):
-                self._scheduler.remove_job(worker.id)
+                _detached(self._scheduler.remove_job, worker.id)
         elif event.change == "registered" or not self.has_job(worker.id):
             self._add(worker)
 
@@ -94,7 +104,7 @@ class ProbeScheduler:
         """Ejected workers are probed twice as often; back in service, at the usual pace."""
         worker = event.worker
         if "ejected" in (event.old, event.new) and self.has_job(worker.id):
-            self._scheduler.reschedule_job(worker.id, trigger=self._trigger(worker))
+            _detached(self._scheduler.reschedule_job, worker.id, trigger=self._trigger(worker))
 
     async def _probe(self, worker: Worker) -> None:
         if worker.removed:
@@ -106,3 +116,12 @@ class ProbeScheduler:
             return
         if not worker.removed:
             self.monitor.probe_result(worker, result)
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _detached(call: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
+    """`call` in an empty context: the timers and probe tasks it starts inherit nothing of ours."""
+    return contextvars.Context().run(call, *args, **kwargs)

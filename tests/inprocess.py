@@ -124,8 +124,10 @@ async def in_process(
     config = Settings(**{"store": "sqlite:///:memory:", **settings})
     parts = build(
         config,
-        transport=transport if transport is not None else fleet.transport(),
-        probe_client=fleet.probe_client(config.probe_timeout),
+        transport=transport
+        if transport is not None
+        else fleet.transport(config.stream_idle_timeout),
+        probe_client=fleet.probe_client(),
         metrics_registry=CollectorRegistry(auto_describe=True),
     )
     app = create_app(config, balancer=parts, static_workers=static_workers or [])

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from balancer.events import HealthChanged, Probed
 from balancer.metrics import UNKNOWN_MODEL
 from tests.inprocess import InProcess, eventually
 
@@ -156,3 +157,60 @@ async def test_a_client_that_leaves_before_its_answer_counts_as_499_not_as_an_er
     assert (
         lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="500") is None
     )
+
+
+async def stream_while_taken_offline(
+    lb: InProcess, model: str, url: str, *, joining: str | None = None
+) -> str:
+    """A stream on the model's one worker (at `url`), which is taken offline before the stream
+    ends; the worker at `joining`, if any, is registered for the model in the meantime."""
+    body = {"model": model, "messages": [{"role": "user", "content": "x"}], "stream": True}
+    task = asyncio.ensure_future(lb.client.post("/v1/chat/completions", json=body))
+    [worker] = lb.parts.registry.workers_of(model) or []
+    await eventually(lambda: worker.inflight == 1)
+    if joining is not None:
+        await lb.register_openai(model, joining)
+    offline = {"model_name": model, "req_url_template": f"{url}/v1"}
+    assert (await lb.client.post("/api/server/offline", json=offline)).status_code == 200
+    reply = await task
+    assert reply.status_code == 200
+    return reply.text
+
+
+async def test_a_stream_that_ends_after_its_worker_is_removed_does_not_bring_back_its_series(
+    lb: InProcess,
+) -> None:
+    """Counted as a request no worker answered, in the model's series, never in the worker's."""
+    url = lb.worker("leaving", chunks=10, chunk_delay=0.02)
+    leaving = await lb.register_openai("m", url)
+    reply = await stream_while_taken_offline(lb, "m", url, joining=lb.worker("staying"))
+    assert "data: [DONE]" in reply
+    assert labelled(lb, "worker", leaving) == []
+    assert lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="200") == 1
+    assert lb.sample("balancer_request_duration_seconds_count", model="m", api="openai") == 1
+
+
+async def test_a_stream_that_ends_after_its_model_is_gone_does_not_bring_back_its_series(
+    lb: InProcess,
+) -> None:
+    url = lb.worker("leaving", chunks=10, chunk_delay=0.02)
+    leaving = await lb.register_openai("m", url)
+    assert "data: [DONE]" in await stream_while_taken_offline(lb, "m", url)
+    assert labelled(lb, "worker", leaving) == []
+    assert labelled(lb, "model", "m") == []
+    assert total(lb, "balancer_requests_total", model=UNKNOWN_MODEL, code="200") == 1
+
+
+async def test_a_probe_that_ends_after_its_worker_is_removed_does_not_bring_back_its_series(
+    lb: InProcess,
+) -> None:
+    url = lb.worker("leaving")
+    leaving = await lb.register_openai("m", url)
+    worker = lb.parts.registry.get(leaving)
+    assert worker is not None
+    offline = {"model_name": "m", "req_url_template": f"{url}/v1"}
+    assert (await lb.client.post("/api/server/offline", json=offline)).status_code == 200
+    lb.parts.events.probed.send(Probed(worker, ok=False, seconds=0.01, error="connect"))
+    ejected = HealthChanged(worker, "healthy", "ejected", reason="probe", source="probe")
+    lb.parts.events.health_changed.send(ejected)
+    assert labelled(lb, "worker", leaving) == []

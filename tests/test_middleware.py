@@ -175,9 +175,9 @@ async def test_a_failed_inference_call_is_logged_with_its_status_and_model(
         reply = await lb.client.post(
             "/api/v1/chat/completions", json={"input": "x", "model_name": "m"}
         )
-    assert reply.status_code == 502
+    assert reply.status_code == 503
     [line] = [e for e in logs if e["event"] == "request"]
-    assert line["status"] == 502
+    assert line["status"] == 503
     assert line["model"] == "m"
 
 

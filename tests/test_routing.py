@@ -36,7 +36,8 @@ async def test_every_route_of_the_table_is_served(lb: InProcess, route: Route) -
     """GETs answer; POSTs without a body are refused by the endpoint itself, in its route's
     envelope (FastAPI would say "no route" or 405)."""
     if route.method == "GET":
-        reply = await lb.client.get(route.path)
+        await lb.register_openai("some/model", lb.worker("w1"))
+        reply = await lb.client.get(route.path.replace("{model}", "some/model"))
         assert reply.status_code == 200, reply.text
     else:
         reply = await lb.client.post(route.path, content=b"")

@@ -32,7 +32,9 @@ class DemoWorkers:
                 FakeWorker(behaviour),
                 lifespan="off",
                 access_log=False,
-                log_level="warning",
+                # The balancer's logging stays as it is: no levels, no handlers of uvicorn's.
+                log_config=None,
+                log_level=None,
                 http="httptools",
             )
             server = EmbeddedServer(config)

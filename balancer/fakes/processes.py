@@ -134,7 +134,9 @@ class BalancerProcess(Process):
     """`balancer serve` on a free port (or `port`), its registry in a SQLite file of its own.
 
     `source` runs another checkout of the balancer instead of this one (for side-by-side
-    benchmarks): its folder goes first on the module path.
+    benchmarks): its folder goes first on the module path. `BALANCER_TEST_SOURCE` does the same
+    for a whole test run (`BALANCER_TEST_SOURCE=/tmp/before pytest tests/e2e`: which contracts
+    did the old code break?).
     """
 
     def __init__(
@@ -156,6 +158,8 @@ class BalancerProcess(Process):
             "BALANCER_LOG_FORMAT": "json",
             "BALANCER_SHUTDOWN_GRACE": "10",
         }
+        if source is None and os.environ.get("BALANCER_TEST_SOURCE"):
+            source = Path(os.environ["BALANCER_TEST_SOURCE"])
         if source is not None:
             base_env["PYTHONPATH"] = str(source)
         super().__init__(

@@ -4,8 +4,8 @@
   `FakeResponse` (or raises `TransportError`), so a test says in a few lines what each worker
   does: answer, fail, stream, break off, stall.
 - `FakeFleet`: fake LLM workers (`balancer.fakes.worker`, the ASGI app behind
-  `balancer fake-worker`) called in-process by host name, with a transport for forwarding and an
-  httpx client for probes. A stopped host refuses connections, as a killed worker does.
+  `balancer fake-worker`) called in-process by host name, with a transport for forwarding and a
+  client for probes. A stopped host refuses connections, as a killed worker does.
 """
 
 from __future__ import annotations
@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
 import orjson
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message
 
-from balancer.config import DEFAULT_PROBE_TIMEOUT
 from balancer.fakes.worker import Behaviour, FakeWorker
 from balancer.forwarding.transport import TransportError
+from probes.client import Unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +31,6 @@ class SentRequest:
     url: str
     headers: Mapping[str, str]
     body: bytes | None
-    timeout: float
 
     def json(self) -> Any:
         return orjson.loads(self.body or b"null")
@@ -100,9 +98,8 @@ class FakeTransport:
         *,
         headers: Mapping[str, str],
         body: bytes | None,
-        timeout: float,
     ) -> FakeResponse:
-        request = SentRequest(method, url, dict(headers), body, timeout)
+        request = SentRequest(method, url, dict(headers), body)
         self.sent.append(request)
         response = await self.handler(request)
         self.responses.append(response)
@@ -124,11 +121,11 @@ class FakeFleet:
         self.workers[name] = FakeWorker(Behaviour(name=name, **behaviour), seed=len(self.workers))
         return f"http://{name}"
 
-    def transport(self) -> FleetTransport:
-        return FleetTransport(self)
+    def transport(self, stream_idle_timeout: float | None = None) -> FleetTransport:
+        return FleetTransport(self, stream_idle_timeout)
 
-    def probe_client(self, timeout: float = DEFAULT_PROBE_TIMEOUT) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=_HttpxFleet(self), timeout=timeout)
+    def probe_client(self) -> FleetProbeClient:
+        return FleetProbeClient(self)
 
     def app_for(self, url: str) -> ASGIApp | None:
         host = urlsplit(url).netloc
@@ -136,8 +133,9 @@ class FakeFleet:
 
 
 class FleetTransport:
-    def __init__(self, fleet: FakeFleet) -> None:
+    def __init__(self, fleet: FakeFleet, stream_idle_timeout: float | None = None) -> None:
         self.fleet = fleet
+        self.stream_idle_timeout = stream_idle_timeout
 
     async def request(
         self,
@@ -146,12 +144,11 @@ class FleetTransport:
         *,
         headers: Mapping[str, str],
         body: bytes | None,
-        timeout: float,
     ) -> _AsgiResponse:
         app = self.fleet.app_for(url)
         if app is None:
-            raise TransportError("connect", f"cannot connect to the worker: {url} is down")
-        response = _AsgiResponse(app, method, url, headers, body, timeout)
+            raise TransportError("connect", "cannot connect to the worker: it is down")
+        response = _AsgiResponse(app, method, url, headers, body, self.stream_idle_timeout)
         await response.start()
         return response
 
@@ -169,7 +166,7 @@ class _AsgiResponse:
         url: str,
         headers: Mapping[str, str],
         body: bytes | None,
-        timeout: float,
+        idle_timeout: float | None,
     ) -> None:
         parts = urlsplit(url)
         self._scope = {
@@ -186,7 +183,7 @@ class _AsgiResponse:
         }
         self._app = app
         self._request_body = body or b""
-        self._timeout = timeout
+        self._idle_timeout = idle_timeout
         self._messages: asyncio.Queue[Message | BaseException] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.status = 0
@@ -219,23 +216,34 @@ class _AsgiResponse:
         except Exception as exc:
             await self._messages.put(exc)
 
-    async def _next(self) -> Message:
+    async def _next(self, timeout: float | None = None) -> Message:
         try:
-            item = await asyncio.wait_for(self._messages.get(), self._timeout)
+            item = await asyncio.wait_for(self._messages.get(), timeout)
         except TimeoutError:
-            raise TransportError("timeout", "timed out waiting for the worker") from None
+            raise TransportError(
+                "timeout", "the worker stopped sending (stream idle timeout)"
+            ) from None
         if isinstance(item, BaseException):
             raise TransportError("reset", f"connection to the worker failed: {item!r}")
         return item
 
     async def read(self) -> bytes:
-        return b"".join([chunk async for chunk in self.chunks()])
-
-    async def chunks(self) -> AsyncIterator[bytes]:
+        body = b""
         while True:
             message = await self._next()
+            body += bytes(message.get("body", b""))
+            if not message.get("more_body", False):
+                return body
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        # As the real transport: the first chunk may take the attempt's time, the gaps after
+        # it are bounded by the stream idle timeout.
+        gap: float | None = None
+        while True:
+            message = await self._next(gap)
             body = bytes(message.get("body", b""))
             if body:
+                gap = self._idle_timeout
                 yield body
             if not message.get("more_body", False):
                 return
@@ -245,14 +253,24 @@ class _AsgiResponse:
             self._task.cancel()
 
 
-class _HttpxFleet(httpx.AsyncBaseTransport):
-    """The fleet for httpx (the prober's client)."""
+class FleetProbeClient:
+    """The fleet for the prober (a `probes.client.ProbeClient`), through the same transport."""
 
     def __init__(self, fleet: FakeFleet) -> None:
-        self.fleet = fleet
+        self._transport = FleetTransport(fleet)
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        app = self.fleet.app_for(str(request.url))
-        if app is None:
-            raise httpx.ConnectError(f"{request.url.host} is down", request=request)
-        return await httpx.ASGITransport(app=app).handle_async_request(request)
+    async def request(
+        self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
+    ) -> int:
+        try:
+            response = await self._transport.request(method, url, headers=headers, body=body)
+            try:
+                await response.read()
+            finally:
+                response.close()
+        except TransportError as exc:
+            raise Unreachable(exc.message) from exc
+        return response.status
+
+    async def aclose(self) -> None:
+        pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import random
 import time
 from dataclasses import asdict, dataclass, fields
@@ -46,6 +47,21 @@ class Behaviour:
     stall_after: int = -1
     """Stop sending, without closing, after this many streamed chunks (-1: never)."""
     health_status: int = 200
+    # How the answers are written, as other servers write them (the default is compact JSON,
+    # `data: ` and \n\n, as sse.json_event writes).
+    spaced_json: bool = False
+    """JSON as Python's json.dumps writes it (`"content": "x"`), as FastChat and others do."""
+    sse_no_space: bool = False
+    """`data:{...}`, without the optional space."""
+    crlf: bool = False
+    """Events end with CRLF CRLF, as sse-starlette's do."""
+    usage_null: bool = False
+    """`"usage": null` on every chunk once `include_usage` is asked for, as vLLM does."""
+    omit_usage: bool = False
+    """No `usage` in answers, streamed or not, whatever was asked."""
+    chunk_split: int = 0
+    """Write only this many bytes of each event, the rest with the next one, as a busy
+    connection delivers them: no read then ends with a whole event (0: an event a write)."""
 
 
 class FakeWorker:
@@ -137,9 +153,8 @@ class FakeWorker:
         if request.get("stream"):
             await self._stream(send, model, prompt, text, request, chat=True)
             return
-        await _reply(
+        await self._answer(
             send,
-            200,
             {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
@@ -164,9 +179,8 @@ class FakeWorker:
         if request.get("stream"):
             await self._stream(send, model, prompt, text, request, chat=False)
             return
-        await _reply(
+        await self._answer(
             send,
-            200,
             {
                 "id": "cmpl-fake",
                 "object": "text_completion",
@@ -175,6 +189,25 @@ class FakeWorker:
                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
                 "usage": _usage(prompt, text),
             },
+        )
+
+    async def _answer(self, send: Send, answer: dict[str, Any]) -> None:
+        if self.behaviour.omit_usage:
+            answer.pop("usage")
+        await send({"type": "http.response.start", "status": 200, "headers": _JSON})
+        await send({"type": "http.response.body", "body": self._json(answer)})
+
+    def _json(self, document: Any) -> bytes:
+        return (
+            json.dumps(document).encode() if self.behaviour.spaced_json else orjson.dumps(document)
+        )
+
+    def _event(self, data: bytes) -> bytes:
+        b = self.behaviour
+        return (
+            (b"data:" if b.sse_no_space else b"data: ")
+            + data
+            + (b"\r\n\r\n" if b.crlf else b"\n\n")
         )
 
     async def _stream(
@@ -186,6 +219,11 @@ class FakeWorker:
         step = -(-len(text) // n) or 1
         pieces = [text[i : i + step] for i in range(0, len(text), step)] or [""]
         created = int(time.time())
+        options = request.get("stream_options")
+        with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
+        with_usage = with_usage and not b.omit_usage
+        extra: dict[str, Any] = {"usage": None} if with_usage and b.usage_null else {}
+        writer = _StreamWriter(send, b.chunk_split)
         for index, piece in enumerate(pieces):
             if index == b.break_after:
                 raise ConnectionAbortedError(f"{b.name} breaks the stream on purpose")
@@ -206,37 +244,40 @@ class FakeWorker:
                 "created": created,
                 "model": model,
                 "choices": [choice],
+                **extra,
             }
-            await send(
-                {"type": "http.response.body", "body": sse.json_event(chunk), "more_body": True}
-            )
+            await writer.write(self._event(self._json(chunk)))
         last: dict[str, Any] = (
             {"index": 0, "delta": {}, "finish_reason": "stop"}
             if chat
             else {"index": 0, "text": "", "finish_reason": "stop"}
         )
-        tail = sse.json_event(
-            {
-                "id": "chunk-fake",
-                "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [last],
-            }
-        )
-        options = request.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage"):
-            tail += sse.json_event(
+        tail = self._event(
+            self._json(
                 {
                     "id": "chunk-fake",
-                    "object": "chat.completion.chunk",
+                    "object": "chat.completion.chunk" if chat else "text_completion",
                     "created": created,
                     "model": model,
-                    "choices": [],
-                    "usage": _usage(prompt, text),
+                    "choices": [last],
+                    **extra,
                 }
             )
-        await send({"type": "http.response.body", "body": tail + sse.DONE})
+        )
+        if with_usage:
+            tail += self._event(
+                self._json(
+                    {
+                        "id": "chunk-fake",
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": _usage(prompt, text),
+                    }
+                )
+            )
+        await writer.write(tail + self._event(b"[DONE]"), last=True)
 
     async def _embeddings(self, request: dict[str, Any], send: Send) -> None:
         inputs = request.get("input", "")
@@ -274,6 +315,23 @@ class FakeWorker:
         await _reply(
             send, 200, {"data": {"items": [{"attributes": {"answer": text, "request": request}}]}}
         )
+
+
+class _StreamWriter:
+    """Writes a stream's events; with `cut`, only that many bytes of each, the rest with the
+    next write."""
+
+    def __init__(self, send: Send, cut: int) -> None:
+        self.send = send
+        self.cut = cut
+        self._rest = b""
+
+    async def write(self, events: bytes, *, last: bool = False) -> None:
+        body, self._rest = self._rest + events, b""
+        if not last and 0 < self.cut < len(events):
+            keep = len(body) - len(events) + self.cut
+            body, self._rest = body[:keep], body[keep:]
+        await self.send({"type": "http.response.body", "body": body, "more_body": not last})
 
 
 _ROUTES = {

@@ -4,7 +4,10 @@
 - `_failover`: within one model, choose a worker, try it, and on a retryable failure try another
   (never the same one twice), within the retry budget and the request's deadline, waiting for
   capacity when every worker is at its `max_concurrency`;
-- `_attempt`: one worker, its slot held in a `Lease` that is released exactly once.
+- `_attempt`: one worker, its slot held in a `Lease` that is released exactly once, within the
+  worker's `timeout` (a whole answer, or a stream's first chunk) and what is left of the
+  request's deadline: a worker that takes longer than its own timeout is charged and the request
+  goes on to another; a request whose deadline passes ends with a 504 at once.
 
 The caller's attempt function does the I/O (`relay.py`, `prompt.py`); to hand the request to
 another worker it raises a retryable UpstreamError. What happens is sent as events.
@@ -12,6 +15,7 @@ another worker it raises a retryable UpstreamError. What happens is sent as even
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,8 +23,21 @@ from typing import Generic, TypeVar
 
 import structlog
 
-from balancer.config import DEFAULT_MAX_RETRIES, DEFAULT_QUEUE_TIMEOUT, DEFAULT_REQUEST_TIMEOUT
-from balancer.errors import BalancerError, ModelNotFound, NoWorkerAvailable, UpstreamError
+from balancer.config import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_MAX_RETRY_AFTER,
+    DEFAULT_QUEUE_TIMEOUT,
+    DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_WORKER_TIMEOUT,
+)
+from balancer.errors import (
+    BalancerError,
+    DeadlineExceeded,
+    ModelNotFound,
+    NoWorkerAvailable,
+    UpstreamError,
+    UpstreamTimeout,
+)
 from balancer.events import Events, Panic, Queued, RegistryChanged, RequestRecord, Retried
 from balancer.forwarding.capacity import CapacityQueue
 from balancer.forwarding.lease import Lease
@@ -47,7 +64,6 @@ class _Unserved:
     attempts: int
     last: UpstreamError | None
     reason: str
-    budget_spent: bool = False
 
 
 class Forwarder:
@@ -60,6 +76,8 @@ class Forwarder:
         max_retries: int = DEFAULT_MAX_RETRIES,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         budget: Callable[[], RetryBudget] = RetryBudget,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -69,6 +87,8 @@ class Forwarder:
         self.max_retries = max_retries
         self.request_timeout = request_timeout
         self.queue_timeout = queue_timeout
+        self.worker_timeout = worker_timeout
+        self.max_retry_after = max_retry_after
         self.clock = clock
         self._new_budget = budget
         self._budgets: dict[str, RetryBudget] = {}
@@ -97,9 +117,11 @@ class Forwarder:
         if isinstance(outcome, Served):
             return outcome
         attempts = outcome.attempts
+        last = outcome.last
+        why = [f"model {model}: {outcome.reason}"]
         for fallback in self.registry.options(model).fallbacks:
             fallback_workers = self.registry.workers_of(fallback)
-            if not fallback_workers:
+            if not fallback_workers or self.clock() >= deadline:
                 continue
             log.info("fallback", model=model, fallback=fallback, reason=outcome.reason)
             result = await self._failover(
@@ -109,12 +131,19 @@ class Forwarder:
             if isinstance(result, Served):
                 result.attempts = attempts
                 return result
+            last = result.last or last
+            why.append(f"fallback {fallback}: {result.reason}")
         error: BalancerError
-        if attempts == 1 and outcome.last is not None and not outcome.budget_spent:
-            error = outcome.last  # one worker, one failure: its own words are the clearest
+        if self.clock() >= deadline:
+            error = DeadlineExceeded(
+                f"model {model}: no answer within the request timeout "
+                f"({self.request_timeout:g} s, BALANCER_REQUEST_TIMEOUT)"
+                + (f"; last error: {last.message}" if last else ""),
+                model=model,
+            )
         else:
-            error = NoWorkerAvailable(f"model {model}: {outcome.reason}", model=model)
-            error.worker = outcome.last.worker if outcome.last else None
+            error = NoWorkerAvailable("; ".join(why), model=model)
+        error.worker = last.worker if last else None
         error.attempts = attempts
         raise error
 
@@ -147,21 +176,17 @@ class Forwarder:
                 ):
                     continue
                 return _Unserved(len(tried), last, _why_none(workers, choice, last))
+            now = self.clock()
+            if now >= deadline:
+                return _Unserved(len(tried), last, "the request timeout passed")
             if tried:
-                now = self.clock()
-                last_words = last.message if last else ""
-                if now >= deadline:
-                    return _Unserved(
-                        len(tried), last, f"request deadline passed; last error: {last_words}"
-                    )
                 if not budget.try_withdraw(now):
                     log.warning("retry_budget_exhausted", model=model)
                     return _Unserved(
                         len(tried),
                         last,
                         "retry budget exhausted (the model is failing too often to retry); "
-                        f"last error: {last_words}",
-                        budget_spent=True,
+                        f"last error: {last.message if last else ''}",
                     )
                 if self.events.retried:
                     self.events.retried.send(Retried(model, last.reason if last else "unknown"))
@@ -171,13 +196,13 @@ class Forwarder:
                     self.events.panic.send(Panic(model, worker))
             tried.append(worker.id)
             try:
-                value = await self._attempt(record, worker, attempt)
-            except UpstreamError as exc:
+                value = await self._attempt(record, worker, attempt, deadline)
+            except (UpstreamError, DeadlineExceeded) as exc:
                 exc.attempts = len(tried)
-                if not exc.retryable:
+                if not isinstance(exc, UpstreamError) or not exc.retryable:
                     raise
                 if exc.retry_after:
-                    worker.skip_until = self.clock() + exc.retry_after
+                    worker.skip_until = self.clock() + min(exc.retry_after, self.max_retry_after)
                 last = exc
                 log.info("attempt_failed", model=model, worker=worker.id, error=exc.message)
                 continue
@@ -189,13 +214,39 @@ class Forwarder:
             f"all {len(tried)} attempts failed; last error: {last.message if last else ''}",
         )
 
-    async def _attempt(self, record: RequestRecord, worker: Worker, attempt: Attempt[T]) -> T:
+    async def _attempt(
+        self, record: RequestRecord, worker: Worker, attempt: Attempt[T], deadline: float
+    ) -> T:
         """One attempt on one worker; its outcome is reported, its slot freed exactly once."""
+        own = worker.spec.timeout or self.worker_timeout
+        left = deadline - self.clock()
         lease = Lease(
             worker, record, clock=self.clock, events=self.events, on_release=self._capacity.released
         )
+        limit = asyncio.timeout(min(own, left))
         try:
-            value = await attempt(lease)
+            async with limit:
+                value = await attempt(lease)
+        except TimeoutError:
+            if not limit.expired():
+                raise
+            if own >= left:
+                # The request's own time ran out, not the worker's: nothing to charge it with.
+                raise DeadlineExceeded(
+                    f"no answer within the request timeout ({self.request_timeout:g} s, "
+                    f"BALANCER_REQUEST_TIMEOUT); worker {worker.id} was still working on it",
+                    model=worker.model,
+                    worker=worker.id,
+                ) from None
+            error = UpstreamTimeout(
+                f"worker {worker.id} gave no answer within its timeout of {own:g} s",
+                model=worker.model,
+                worker=worker.id,
+                retryable=True,
+                reason="timeout",
+            )
+            lease.failed(error)
+            raise error from None
         except UpstreamError as exc:
             if exc.retryable:
                 lease.failed(exc)

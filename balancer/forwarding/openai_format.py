@@ -104,6 +104,72 @@ def usage_counts(document: object) -> tuple[int, int] | None:
     return prompt, completion
 
 
+def estimated_usage(request: object, answer: object) -> tuple[int, int]:
+    """(prompt_tokens, completion_tokens) estimated from a request and its answer, where the
+    worker reported no usage: four characters a token."""
+    return estimate_tokens(prompt_text(request)), estimate_tokens(answer_text(answer))
+
+
+def prompt_text(request: object) -> str:
+    """What a chat, completion or embeddings request sends the model, as one text."""
+    if not isinstance(request, dict):
+        return ""
+    parts: list[str] = []
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict):
+                parts.append(_any_text(message.get("content")))
+    for key in ("prompt", "input"):
+        parts.append(_any_text(request.get(key)))
+    return "\n".join(part for part in parts if part)
+
+
+def answer_text(answer: object) -> str:
+    """The text a completion's choices generated (content, reasoning, tool call arguments)."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list):
+        return ""
+    parts: list[str] = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        if isinstance(message, dict):
+            for key in ("content", "reasoning_content"):
+                parts.append(_any_text(message.get(key)))
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") if isinstance(call, dict) else None
+                if isinstance(function, dict):
+                    parts.append(_any_text(function.get("arguments")))
+        parts.append(_any_text(choice.get("text")))
+    return "".join(parts)
+
+
+_ONE_TOKEN = "    "
+"""Four characters: what `estimate_tokens` counts as one token, for a prompt of token ids."""
+
+
+def _any_text(value: object) -> str:
+    """Text wherever a request or answer may hold it: a string, content parts, a list of
+    strings or of token ids."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        texts = []
+        for item in value:
+            if isinstance(item, str):
+                texts.append(item)
+            elif isinstance(item, int):
+                texts.append(_ONE_TOKEN)
+            elif isinstance(item, dict) and isinstance(item.get("text"), str):
+                texts.append(item["text"])
+            elif isinstance(item, list):
+                texts.append(_any_text(item))
+        return "".join(texts)
+    return ""
+
+
 def render_messages(messages: Any) -> str:
     """An OpenAI conversation as one prompt for a template worker.
 

@@ -80,12 +80,11 @@ async def _complete_text_template(
         request.url,
         body=request.body,
         headers=upstream_headers(worker, lease.record.request_id, request.content_type),
-        shown_url=spec.req_url_template,
     )
     data = await _read_ok(reply)
     if worker.extract is None:
         return data.decode("utf-8", "replace")
-    source = f"worker {worker.id} ({spec.req_url_template})"
+    source = f"worker {worker.id}"
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -124,7 +123,7 @@ async def _complete_text_openai(
         headers=upstream_headers(worker, lease.record.request_id, "application/json"),
     )
     data = await _read_ok(reply)
-    source = f"worker {worker.id} ({url})"
+    source = f"worker {worker.id}"
     try:
         document = orjson.loads(data)
         text = as_result_text(extract(document, _CHAT_CONTENT_PATH, source))

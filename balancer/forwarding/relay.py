@@ -3,7 +3,8 @@
 For a stream the first chunk is awaited inside the attempt, before the client has seen anything,
 so a worker that refuses or fails before its first byte can still be swapped for another; after
 it, a broken stream ends with an error event. On the way the relay watches for the first token
-and the usage the worker reports, and writes them to the request's record.
+and the usage the worker reports, and writes them to the request's record (estimates where the
+worker reports no usage), and answers with the model name the client used.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from balancer.errors import UpstreamError
 from balancer.events import RequestRecord
 from balancer.forwarding import sse
 from balancer.forwarding.lease import Lease
-from balancer.forwarding.openai_format import usage_counts
+from balancer.forwarding.openai_format import estimated_usage, usage_counts
 from balancer.forwarding.transport import Transport
 from balancer.forwarding.upstream import (
     RETRYABLE_STATUS,
@@ -31,7 +32,15 @@ from balancer.logging import get_logger
 
 log = get_logger("balancer.relay")
 
-_TOKEN = re.compile(rb'"(?:content|text)":"[^"]')
+# What the relay looks for, in JSON as any worker spaces it: `"content":"x"` or `"content": "x"`.
+_TOKEN = re.compile(rb'"(?:content|text)"\s*:\s*"[^"]')
+"""A non-empty content or text: a token."""
+_EVENT_ENDS = sse.EVENT_ENDS
+_USAGE_KEY = b'"usage"'
+_USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
+"""A usage object, not the `"usage": null` some servers put on every chunk."""
+_SOME_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*[^\s\]]')
+_MODEL = re.compile(rb'"model"\s*:\s*"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 @dataclass(slots=True)
@@ -54,9 +63,12 @@ async def relay_openai(
     *,
     stream: bool,
     strip_usage: bool = False,
+    model: str | None = None,
 ) -> Relayed:
-    """One attempt at an OpenAI-compatible worker, body passed through."""
+    """One attempt at an OpenAI-compatible worker, body passed through; `model` is the name
+    the client asked for, answered in place of the worker's own when the two differ."""
     worker = lease.worker
+    rename = _model_value(model) if model and model != worker.spec.target_model else None
     url = openai_url(worker, path)
     reply = await send(
         transport,
@@ -72,8 +84,10 @@ async def relay_openai(
         if reply.status in RETRYABLE_STATUS:
             raise reply.status_failure(data)
         # Other client errors (400, 401, 404, ...) are the upstream's word: relay them unchanged.
-        if reply.status == 200 and b'"usage"' in data:
-            _record_usage(lease.record, data)
+        if reply.status == 200:
+            _record_usage(lease.record, payload, data)
+            if rename is not None:
+                data = _MODEL.sub(rename, data)
         return Relayed(reply.status, content_type, body=data)
     chunks = reply.chunks()
     try:
@@ -81,7 +95,7 @@ async def relay_openai(
     except StopAsyncIteration:
         reply.close()
         raise UpstreamError(
-            f"worker {worker.id} ({url}) ended the stream before sending anything",
+            f"worker {worker.id} ended the stream before sending anything",
             model=worker.model,
             worker=worker.id,
             retryable=True,
@@ -99,10 +113,9 @@ async def relay_openai(
         reply.close()
         lease.release()
 
-    tap = StreamTap(strip_usage=strip_usage)
-    return Relayed(
-        200, content_type, stream=_relay_rest(first, chunks, close, lease, tap), close=close
-    )
+    tap = StreamTap(strip_usage=strip_usage, rename=rename)
+    stream_of = _relay_rest(first, chunks, close, lease, tap, payload)
+    return Relayed(200, content_type, stream=stream_of, close=close)
 
 
 async def _relay_rest(
@@ -111,22 +124,24 @@ async def _relay_rest(
     close: Callable[[], None],
     lease: Lease,
     tap: StreamTap,
+    payload: bytes,
 ) -> AsyncIterator[bytes]:
     record = lease.record
     first_at = last_at = time.perf_counter()
     record.first_byte_at = first_at
-    token_seen = False
     try:
-        if tap.has_token(first):
-            record.ttft, token_seen = first_at - record.started, True
-        yield tap.feed(first)
+        out = tap.feed(first)
+        if tap.content_chunks:
+            record.ttft = first_at - record.started
+        if out:
+            yield out
         try:
             async for chunk in chunks:
                 last_at = time.perf_counter()
-                if not token_seen and tap.has_token(chunk):
-                    record.ttft, token_seen = last_at - record.started, True
                 out = tap.feed(chunk)
                 if out:
+                    if record.ttft is None and tap.content_chunks:
+                        record.ttft = last_at - record.started
                     yield out
             tail = tap.flush()
             if tail:
@@ -140,77 +155,136 @@ async def _relay_rest(
             yield sse.error_event(exc.message)
     finally:
         close()
-        _record_stream_tokens(record, tap, first_at, last_at)
+        _record_stream_tokens(record, tap, payload, first_at, last_at)
 
 
 class StreamTap:
-    """Fed every chunk of a stream; gives back the bytes to send on.
+    """Fed every chunk of a stream; gives back the bytes to send on: the whole events the chunk
+    completes. An unfinished last event is held until its end arrives (never more than that
+    one event: a client cannot use it before either), so every event is read whole.
 
-    Chunks pass through untouched (no copy, no parse) unless they carry a `usage` object, which
-    only the last one or two of a stream do; the usage chunk we asked for on the client's behalf
-    is taken out again when the client did not ask for it.
+    Events pass through untouched (no copy, no parse) unless they carry a `usage` object, which
+    only the last one or two of a stream do (a `"usage": null` on every chunk costs one more
+    search); the usage-only event we asked for on the client's behalf is taken out again when
+    the client did not ask for it. With `rename`, every `"model"` names what the client asked for.
     """
 
-    __slots__ = ("_held", "content_chunks", "strip_usage", "usage")
+    __slots__ = ("_held", "_rename", "_usage_event", "content_chunks", "strip_usage")
 
-    def __init__(self, *, strip_usage: bool) -> None:
+    def __init__(self, *, strip_usage: bool, rename: bytes | None = None) -> None:
         self.strip_usage = strip_usage
-        self.usage: tuple[int, int] | None = None
         self.content_chunks = 0
+        """Events with a token so far: the estimate of output tokens without usage."""
+        self._rename = rename
         self._held = b""
+        self._usage_event = b""
+        """The last event with a usage object: read when asked for, as a worker may send one
+        with every chunk and only the last counts."""
 
     @staticmethod
     def has_token(chunk: bytes) -> bool:
         return _TOKEN.search(chunk) is not None
 
+    @property
+    def usage(self) -> tuple[int, int] | None:
+        """(prompt_tokens, completion_tokens) from the worker's last usage, if it sent any."""
+        document = _event_document(self._usage_event) if self._usage_event else None
+        return usage_counts(document)
+
     def feed(self, chunk: bytes) -> bytes:
+        if self._held or not chunk.endswith(_EVENT_ENDS):
+            chunk = self._whole_events(chunk)
+            if not chunk:
+                return b""
+        if _USAGE_KEY in chunk and _USAGE_OBJECT.search(chunk) is not None:
+            chunk = self._take_usage(chunk)
         self.content_chunks += len(_TOKEN.findall(chunk))
-        if b'"usage"' not in chunk and not self._held:
+        if self._rename is None:
             return chunk
-        data = self._held + chunk
-        if not data.endswith(sse.EVENT_ENDS):
-            self._held = data  # a usage event cut in two: wait for its end
-            return b""
-        self._held = b""
-        return self._scan(data)
+        return _MODEL.sub(self._rename, chunk)
+
+    def _whole_events(self, chunk: bytes) -> bytes:
+        """The whole events that what is held and `chunk` make; the unfinished rest is held."""
+        held = self._held
+        data = held + chunk
+        # Nothing held ends an event: an end in `data` begins at most 2 bytes before the join
+        # (after a held \r\n\r).
+        whole = sse.whole_events_length(data, max(0, len(held) - 2))
+        self._held = data[whole:]
+        return data[:whole]
 
     def flush(self) -> bytes:
+        """What is held when the stream ends: an event never finished, passed on as it is
+        (a client drops it)."""
         held, self._held = self._held, b""
         return held
 
-    def _scan(self, data: bytes) -> bytes:
+    def _take_usage(self, events: bytes) -> bytes:
         kept = []
-        for event in data.split(b"\n\n"):
-            if b'"usage"' in event and event.startswith(b"data: {"):
-                try:
-                    document = orjson.loads(event[6:])
-                except orjson.JSONDecodeError:
-                    kept.append(event)
-                    continue
-                counts = usage_counts(document)
-                if counts is not None:
-                    self.usage = counts
-                    if self.strip_usage and not document.get("choices"):
-                        continue  # the usage-only chunk we asked for; the client did not
-            kept.append(event)
-        return b"\n\n".join(kept)
+        for event in sse.split_events(events):
+            if _USAGE_OBJECT.search(event) is None:
+                kept.append(event)
+                continue
+            if _SOME_CHOICES.search(event) is not None:
+                # Usage beside content (a server may send it on every chunk): the client's,
+                # whoever asked; only the last one is read, at the end.
+                self._usage_event = event
+                kept.append(event)
+                continue
+            if usage_counts(_event_document(event)) is None:
+                kept.append(event)
+                continue
+            self._usage_event = event
+            if not self.strip_usage:
+                kept.append(event)
+            # else: the usage-only event we asked for; the client did not
+        return b"".join(kept)
 
 
-def _record_usage(record: RequestRecord, body: bytes) -> None:
+def _event_document(event: bytes) -> object:
+    data = sse.event_data(event)
+    if data is None:
+        return None
     try:
-        counts = usage_counts(orjson.loads(body))
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _model_value(model: str) -> bytes:
+    """What `_MODEL` is replaced with: the client's name, its backslashes doubled for `re`."""
+    return b'"model":' + orjson.dumps(model).replace(b"\\", b"\\\\")
+
+
+def _record_usage(record: RequestRecord, payload: bytes, body: bytes) -> None:
+    try:
+        answer = orjson.loads(body)
     except orjson.JSONDecodeError:
         return
+    counts = usage_counts(answer)
     if counts is not None:
         record.tokens(*counts, estimated=False)
+        return
+    # No usage: estimated, from the request too (read again only here).
+    try:
+        request = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        request = None
+    record.tokens(*estimated_usage(request, answer), estimated=True)
 
 
 def _record_stream_tokens(
-    record: RequestRecord, tap: StreamTap, first_at: float, last_at: float
+    record: RequestRecord, tap: StreamTap, payload: bytes, first_at: float, last_at: float
 ) -> None:
-    if tap.usage is not None:
-        record.tokens(*tap.usage, estimated=False)
-    elif tap.content_chunks:
-        record.output_tokens, record.tokens_estimated = tap.content_chunks, True
+    usage = tap.usage
+    if usage is not None:
+        record.tokens(*usage, estimated=False)
+    else:
+        # No usage: a content event is about a token; the prompt at four characters a token.
+        try:
+            prompt_tokens, _ = estimated_usage(orjson.loads(payload), None)
+        except orjson.JSONDecodeError:
+            prompt_tokens = 0
+        record.tokens(prompt_tokens, tap.content_chunks, estimated=True)
     if last_at > first_at:
         record.generation_seconds = last_at - first_at

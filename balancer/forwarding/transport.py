@@ -7,10 +7,14 @@ httpx's default transport (whose pool walks every connection on each request).
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Mapping
-from typing import Literal, Protocol
+from contextvars import ContextVar
+from typing import Any, Literal, Protocol
 
 import aiohttp
+
+from balancer.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT
 
 FailureKind = Literal["connect", "timeout", "reset"]
 
@@ -49,23 +53,47 @@ class Transport(Protocol):
         *,
         headers: Mapping[str, str],
         body: bytes | None,
-        timeout: float,
     ) -> UpstreamResponse:
         """Send a request and return once the response headers arrived.
 
-        `timeout` bounds the connect, the wait for the first byte and every later gap between
-        chunks, so a worker that answers and then stalls cannot hang a client forever.
+        How long a whole answer may take is the caller's to bound (the attempt's time limit);
+        the transport bounds connecting, and the gaps between chunks once a stream has started.
         """
         ...
 
     async def close(self) -> None: ...
 
 
-class _AiohttpResponse:
-    __slots__ = ("_resp", "headers", "status")
+KEEPALIVE_SECONDS = 1.5
+"""How long an idle connection to a worker is kept: shorter than servers keep theirs (uvicorn,
+and so vLLM and LiteLLM, 5 s; gunicorn 2 s), so that we close it first, rarely they."""
 
-    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+_reused: ContextVar[bool] = ContextVar("reused", default=False)
+
+
+class _Connector(aiohttp.TCPConnector):
+    """Notes whether the connection a request got was reused from the pool."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._seen: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
+        conn = await super().connect(req, traces, timeout)
+        protocol = conn.protocol
+        reused = protocol in self._seen
+        if not reused:
+            self._seen.add(protocol)
+        _reused.set(reused)
+        return conn
+
+
+class _AiohttpResponse:
+    __slots__ = ("_idle_timeout", "_resp", "headers", "status")
+
+    def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float) -> None:
         self._resp = resp
+        self._idle_timeout = idle_timeout
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
@@ -76,34 +104,64 @@ class _AiohttpResponse:
             raise _translate(exc) from exc
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        idle = True
         try:
             async for chunk in self._resp.content.iter_any():
+                if idle:
+                    # The stream has started: from now on every gap between chunks is bounded
+                    # (aiohttp's per-read timer, the one `sock_read` sets).
+                    idle = False
+                    self._watch_gaps()
                 yield chunk
         except Exception as exc:
             raise _translate(exc) from exc
+
+    def _watch_gaps(self) -> None:
+        connection = self._resp.connection
+        if connection is not None and connection.protocol is not None:
+            connection.protocol.read_timeout = self._idle_timeout
+            connection.protocol.start_timeout()
 
     def close(self) -> None:
         self._resp.release()
 
 
 class AiohttpTransport:
-    """All requests to workers share one session: pooled keep-alive connections per worker."""
+    """All requests to workers share one session: pooled keep-alive connections per worker.
 
-    def __init__(self) -> None:
+    A request that fails on a reused connection before any byte of the answer came (the worker
+    closed it while it was idle: the request never reached its application) is sent again once,
+    on a fresh connection, so a worker is not charged for the race between its keep-alive timer
+    and ours.
+    """
+
+    def __init__(
+        self,
+        *,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+    ) -> None:
+        self.stream_idle_timeout = stream_idle_timeout
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
-        # One ClientTimeout per distinct worker timeout, not one per request.
-        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+        self._fresh: aiohttp.ClientSession | None = None
 
-    def _get_session(self) -> aiohttp.ClientSession:
+    def _sessions(self) -> tuple[aiohttp.ClientSession, aiohttp.ClientSession]:
         # Created lazily inside the running loop, as aiohttp requires.
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                # Workers must not compress: it costs both sides CPU on loopback and LAN links.
-                skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        if self._session is None or self._fresh is None:
+            self._session = self._new_session(
+                _Connector(limit=0, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_SECONDS)
             )
-        return self._session
+            self._fresh = self._new_session(aiohttp.TCPConnector(limit=0, force_close=True))
+        return self._session, self._fresh
+
+    def _new_session(self, connector: aiohttp.BaseConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=self._timeout,
+            # Workers must not compress: it costs both sides CPU on loopback and LAN links.
+            skip_auto_headers=("Accept-Encoding", "User-Agent"),
+        )
 
     async def request(
         self,
@@ -112,41 +170,49 @@ class AiohttpTransport:
         *,
         headers: Mapping[str, str],
         body: bytes | None,
-        timeout: float,
     ) -> UpstreamResponse:
-        client_timeout = self._timeouts.get(timeout)
-        if client_timeout is None:
-            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(
-                total=None, sock_connect=timeout, sock_read=timeout
-            )
+        pooled, fresh = self._sessions()
         try:
-            resp = await self._get_session().request(
-                method,
-                url,
-                headers=headers,
-                data=body,
-                timeout=client_timeout,
-                allow_redirects=False,
+            resp = await pooled.request(
+                method, url, headers=headers, data=body, allow_redirects=False
             )
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError) or not _reused.get():
+                raise _translate(exc) from exc
+            try:
+                resp = await fresh.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+            except Exception as again:
+                raise _translate(again) from again
         except Exception as exc:
             raise _translate(exc) from exc
-        return _AiohttpResponse(resp)
+        return _AiohttpResponse(resp, self.stream_idle_timeout)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._fresh):
+            if session is not None:
+                await session.close()
+        self._session = self._fresh = None
 
 
 def _translate(exc: BaseException) -> BaseException:
     if isinstance(exc, asyncio.CancelledError):
         return exc
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-        return TransportError("timeout", "timed out waiting for the worker")
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):
+            return TransportError("connect", "timed out connecting to the worker")
+        return TransportError("timeout", "the worker stopped sending (stream idle timeout)")
+    # The messages reach clients: they say what happened, not where (no address, no URL).
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return TransportError("connect", f"cannot connect to the worker: {exc.os_error}")
+        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        return TransportError("connect", f"cannot connect to the worker: {reason}")
     if isinstance(exc, aiohttp.InvalidURL):
-        return TransportError("connect", f"invalid worker URL: {exc}")
+        return TransportError("connect", "the worker's URL is not valid")
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return TransportError("reset", "the worker closed the connection")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return TransportError("reset", "the worker's answer was cut off")
     if isinstance(exc, aiohttp.ClientError | OSError):
-        return TransportError("reset", f"connection to the worker failed: {exc!r}")
+        return TransportError("reset", f"connection to the worker failed ({type(exc).__name__})")
     return exc

@@ -1,12 +1,20 @@
 """One request to one worker: what goes on the wire, and what its answer means.
 
 This is the only place a transport failure becomes an `UpstreamError` naming the worker, and
-where a worker's HTTP status is judged (retry elsewhere, or relay as the worker's own word).
+where a worker's HTTP status is judged. Errors name the worker by its id, never by its URL:
+they reach clients, and a URL may carry credentials.
+
+- 2xx: an answer, relayed;
+- 429 ("slow down"): tried elsewhere, `Retry-After` keeps the worker out, it is not charged;
+- 401, 403, 404, 405, 408, 3xx and every 5xx (the worker cannot serve): tried elsewhere, and the
+  worker is charged (its latency estimate and health, like a connect error);
+- 400, 413, 422 and every other 4xx (the caller's own mistake): relayed unchanged, not charged.
 """
 
 from __future__ import annotations
 
 import email.utils
+import math
 import time
 from collections.abc import AsyncIterator, Mapping
 
@@ -14,8 +22,10 @@ from balancer.errors import UpstreamError, UpstreamTimeout
 from balancer.forwarding.transport import Transport, TransportError, UpstreamResponse
 from balancer.registry.models import Worker
 
-RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 300.0
+BACK_OFF = 429
+CANNOT_SERVE = frozenset({401, 403, 404, 405, 408, *range(300, 400), *range(500, 600)})
+RETRYABLE_STATUS = CANNOT_SERVE | {BACK_OFF}
+"""Statuses that send the request to another worker."""
 
 
 def openai_url(worker: Worker, path: str) -> str:
@@ -37,12 +47,10 @@ def upstream_headers(
 class UpstreamReply:
     """A worker's answer, from its headers on; every failure is an UpstreamError."""
 
-    __slots__ = ("_response", "status", "url", "worker")
+    __slots__ = ("_response", "status", "worker")
 
-    def __init__(self, worker: Worker, url: str, response: UpstreamResponse) -> None:
+    def __init__(self, worker: Worker, response: UpstreamResponse) -> None:
         self.worker = worker
-        self.url = url
-        """The URL errors name: a template worker's template, never the prompt filled into it."""
         self._response = response
         self.status = response.status
 
@@ -55,7 +63,7 @@ class UpstreamReply:
         try:
             return await self._response.read()
         except TransportError as exc:
-            raise self.failure(exc) from None
+            raise transport_failure(self.worker, exc) from None
         finally:
             self._response.close()
 
@@ -68,9 +76,9 @@ class UpstreamReply:
                 yield chunk
         except TransportError as exc:
             if not started:
-                raise self.failure(exc) from None
+                raise transport_failure(self.worker, exc) from None
             raise UpstreamError(
-                f"worker {self.worker.id} ({self.url}) broke off the stream: {exc.message}",
+                f"worker {self.worker.id} broke off the stream: {exc.message}",
                 model=self.worker.model,
                 worker=self.worker.id,
                 reason=exc.kind,
@@ -79,22 +87,21 @@ class UpstreamReply:
     def close(self) -> None:
         self._response.close()
 
-    def failure(self, exc: TransportError) -> UpstreamError:
-        return transport_failure(self.worker, self.url, exc)
-
     def status_failure(self, body: bytes) -> UpstreamError:
-        """The error a non-2xx answer is: retryable for 429 and 5xx, the worker's word else."""
+        """The error a non-2xx answer is (see the table at the top)."""
         status = self.status
         snippet = body[:300].decode("utf-8", "replace").strip()
-        retry_after = parse_retry_after(self.headers.get("Retry-After")) if status == 429 else None
+        retryable = status in RETRYABLE_STATUS
+        retry_after = None
+        if status in (BACK_OFF, 503):
+            retry_after = parse_retry_after(self.headers.get("Retry-After"))
         return UpstreamError(
-            f"worker {self.worker.id} ({self.url}) answered HTTP {status}"
-            + (f": {snippet}" if snippet else ""),
+            f"worker {self.worker.id} answered HTTP {status}" + (f": {snippet}" if snippet else ""),
             model=self.worker.model,
             worker=self.worker.id,
-            retryable=status in RETRYABLE_STATUS,
+            retryable=retryable,
             upstream_status=status,
-            reason=f"http_{status}" if status in RETRYABLE_STATUS else "http_4xx",
+            reason=f"http_{status}" if retryable else "http_4xx",
             retry_after=retry_after,
         )
 
@@ -107,26 +114,19 @@ async def send(
     *,
     body: bytes | None,
     headers: Mapping[str, str],
-    shown_url: str | None = None,
 ) -> UpstreamReply:
-    """Send a request to a worker; return once its response headers arrived.
-
-    Errors name `shown_url` (default: `url`).
-    """
-    shown = shown_url or url
+    """Send a request to a worker; return once its response headers arrived."""
     try:
-        response = await transport.request(
-            method, url, headers=headers, body=body, timeout=worker.spec.timeout
-        )
+        response = await transport.request(method, url, headers=headers, body=body)
     except TransportError as exc:
-        raise transport_failure(worker, shown, exc) from None
-    return UpstreamReply(worker, shown, response)
+        raise transport_failure(worker, exc) from None
+    return UpstreamReply(worker, response)
 
 
-def transport_failure(worker: Worker, url: str, exc: TransportError) -> UpstreamError:
+def transport_failure(worker: Worker, exc: TransportError) -> UpstreamError:
     cls = UpstreamTimeout if exc.kind == "timeout" else UpstreamError
     return cls(
-        f"worker {worker.id} ({url}): {exc.message}",
+        f"worker {worker.id}: {exc.message}",
         model=worker.model,
         worker=worker.id,
         retryable=True,
@@ -135,7 +135,10 @@ def transport_failure(worker: Worker, url: str, exc: TransportError) -> Upstream
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delay-seconds or an HTTP date), capped at 5 minutes."""
+    """Seconds from a Retry-After header: delay-seconds or an HTTP-date (RFC 9110 10.2.3).
+
+    Anything else (`nan`, `inf`, a negative number, garbage) is no Retry-After at all.
+    """
     if not value:
         return None
     try:
@@ -143,7 +146,9 @@ def parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, IndexError):
             return None
-        seconds = when.timestamp() - time.time()
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER) or None
+        seconds = max(when.timestamp() - time.time(), 0.0)
+    if not math.isfinite(seconds) or seconds < 0:
+        return None
+    return seconds or None

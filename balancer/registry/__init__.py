@@ -2,12 +2,14 @@
 
 from balancer.registry.index import ModelOptions, RegistryChanged, WorkerRegistry
 from balancer.registry.models import Worker, WorkerSpec, parse_spec
-from balancer.registry.store import Store, open_store
+from balancer.registry.store import SchemaTooNew, Store, StoredWorker, open_store
 
 __all__ = [
     "ModelOptions",
     "RegistryChanged",
+    "SchemaTooNew",
     "Store",
+    "StoredWorker",
     "Worker",
     "WorkerRegistry",
     "WorkerSpec",

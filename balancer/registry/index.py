@@ -22,7 +22,8 @@ log = get_logger("balancer.registry")
 
 @dataclass(frozen=True, slots=True)
 class ModelOptions:
-    """What the workers of one model share; the latest registration that sets a field wins."""
+    """What the workers of one model share; of its registered workers, the latest registration
+    that sets a field wins."""
 
     strategy: Strategy | None = None
     fallbacks: tuple[str, ...] = ()
@@ -66,24 +67,22 @@ class WorkerRegistry:
 
     async def load(self) -> int:
         """Fill memory from the store at start-up."""
-        self._seen_version = await self.store.version()
-        specs = await self.store.load()
-        for spec in specs:
-            self._put(spec)
-        return len(specs)
+        async with self._write_lock:
+            await self._catch_up()
+        return len(self._by_id)
 
     async def register(self, spec: WorkerSpec) -> tuple[Worker, bool]:
         """Add or update the worker of (model, normalised URL); return it and whether it is new."""
         async with self._write_lock:
             try:
-                await self.store.upsert(spec.worker_id, spec)
+                seq = await self.store.upsert(spec.worker_id, spec)
             except Exception as exc:
                 log.error("store_write_failed", error=repr(exc), model=spec.model_name)
                 raise StoreUnavailable(
                     "could not save the registration; the registry is unchanged",
                     model=spec.model_name,
                 ) from exc
-            return self._put(spec)
+            return self._put(spec, seq)
 
     async def remove(self, model_name: str, url: str) -> Worker:
         """Take a worker offline. Requests already using it finish normally."""
@@ -92,6 +91,16 @@ class WorkerRegistry:
         except ValueError:
             raise WorkerNotFound() from None
         async with self._write_lock:
+            if wid not in self._by_id:
+                # Registered a moment ago through another process sharing the store?
+                try:
+                    await self._catch_up()
+                except Exception as exc:
+                    log.error("store_read_failed", error=repr(exc), model=model_name)
+                    raise StoreUnavailable(
+                        "could not read the store; the worker is still registered",
+                        model=model_name,
+                    ) from exc
             worker = self._by_id.get(wid)
             if worker is None:
                 raise WorkerNotFound()
@@ -111,19 +120,30 @@ class WorkerRegistry:
         Several balancer processes (`--workers N`, or balancers sharing one SQLite file) each
         keep the registry in memory; the store is the truth they converge on.
         """
+        async with self._write_lock:
+            return await self._catch_up()
+
+    async def _catch_up(self) -> bool:
+        """Make memory what the store holds, if another process changed it. Called under the
+        write lock: a snapshot read before one of our own writes would undo that write."""
         version = await self.store.version()
         if version == self._seen_version:
             return False
+        # Read before the snapshot: a commit in between moves it again, and the next call
+        # reloads.
         self._seen_version = version
-        specs = await self.store.load()
-        async with self._write_lock:
-            wanted = {spec.worker_id: spec for spec in specs}
-            for worker in [w for wid, w in self._by_id.items() if wid not in wanted]:
-                self._drop(worker)
-            for spec in specs:
-                existing = self._by_id.get(spec.worker_id)
-                if existing is None or existing.spec != spec:
-                    self._put(spec)
+        stored = await self.store.load()
+        wanted = {row.spec.worker_id: row for row in stored}
+        for worker in [w for wid, w in self._by_id.items() if wid not in wanted]:
+            self._drop(worker)
+        for row in stored:
+            existing = self._by_id.get(row.spec.worker_id)
+            if existing is None or existing.spec != row.spec:
+                self._put(row.spec, row.seq)
+            elif existing.seq != row.seq:
+                # Registered again, unchanged, elsewhere: only the order of registrations moved.
+                existing.seq = row.seq
+                self._settle_options(existing.model)
         return True
 
     def _drop(self, worker: Worker) -> None:
@@ -132,27 +152,39 @@ class WorkerRegistry:
         siblings.remove(worker)
         if not siblings:
             del self._by_model[worker.model]
-            self._options.pop(worker.model, None)
+        self._settle_options(worker.model)
         worker.removed = True
         self._emit("removed", worker, model_gone=not siblings)
 
-    def _put(self, spec: WorkerSpec) -> tuple[Worker, bool]:
-        if spec.strategy is not None or spec.fallbacks is not None:
-            options = self._options.get(spec.model_name, _NO_OPTIONS)
-            self._options[spec.model_name] = ModelOptions(
-                strategy=spec.strategy or options.strategy,
-                fallbacks=options.fallbacks if spec.fallbacks is None else tuple(spec.fallbacks),
-            )
+    def _put(self, spec: WorkerSpec, seq: int) -> tuple[Worker, bool]:
         existing = self._by_id.get(spec.worker_id)
         if existing is not None:
             existing.set_spec(spec)
+            existing.seq = seq
+            self._settle_options(spec.model_name)
             self._emit("updated", existing)
             return existing, False
-        worker = Worker(spec, WorkerHealth(self.health_policy, self.clock()))
+        worker = Worker(spec, WorkerHealth(self.health_policy, self.clock()), seq=seq)
         self._by_id[worker.id] = worker
         self._by_model.setdefault(worker.model, []).append(worker)
+        self._settle_options(worker.model)
         self._emit("registered", worker)
         return worker, True
+
+    def _settle_options(self, model: str) -> None:
+        """The model's options from its registrations, the latest (highest `seq`) last: the same
+        in every process and after a restart, whatever order this one learnt them in."""
+        strategy: Strategy | None = None
+        fallbacks: tuple[str, ...] = ()
+        for worker in sorted(self._by_model.get(model, ()), key=lambda w: w.seq):
+            if worker.spec.strategy is not None:
+                strategy = worker.spec.strategy
+            if worker.spec.fallbacks is not None:
+                fallbacks = tuple(worker.spec.fallbacks)
+        if strategy is None and not fallbacks:
+            self._options.pop(model, None)
+        else:
+            self._options[model] = ModelOptions(strategy, fallbacks)
 
     def _emit(self, change: Change, worker: Worker, *, model_gone: bool = False) -> None:
         if self.changed:

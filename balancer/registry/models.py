@@ -10,7 +10,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from balancer.config import DEFAULT_WORKER_TIMEOUT
 from balancer.errors import BadRequest
 from balancer.logging import redact_headers
 from balancer.templating import (
@@ -45,7 +44,8 @@ class WorkerSpec(BaseModel):
     upstream_model: str | None = Field(None, min_length=1)
     weight: float = Field(1.0, gt=0)
     health_url: str | None = None
-    timeout: float = Field(DEFAULT_WORKER_TIMEOUT, gt=0)
+    timeout: float | None = Field(None, gt=0)
+    """Seconds for a whole answer (first chunk of a stream); None: BALANCER_WORKER_TIMEOUT."""
     probe: Literal["health", "inference"] = "health"
     max_concurrency: int | None = Field(None, ge=1)
     strategy: Strategy | None = None
@@ -85,8 +85,8 @@ class WorkerSpec(BaseModel):
 
     @field_validator("weight", "timeout")
     @classmethod
-    def _finite(cls, value: float) -> float:
-        if not math.isfinite(value):
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
             raise ValueError("must be a finite number")
         return value
 
@@ -196,6 +196,8 @@ class Worker:
     skip_until: float = 0.0
     """Monotonic time before which this worker is not chosen (a 429's Retry-After)."""
     removed: bool = False
+    seq: int = 0
+    """The store's number for its latest registration (`StoredWorker.seq`)."""
     id: str = field(init=False)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,8 @@
-"""The SQLite store: one file in WAL mode, used from one thread so the event loop never blocks."""
+"""The SQLite store: one file in WAL mode, used from one thread so the event loop never blocks.
+
+The file carries its schema version in `PRAGMA user_version`; opening it applies the migrations
+it lacks, in order, in one transaction (docs/store.md).
+"""
 
 from __future__ import annotations
 
@@ -11,19 +15,62 @@ from pathlib import Path
 from typing import TypeVar
 
 import orjson
+from pydantic import ValidationError
 
+from balancer.logging import get_logger
 from balancer.registry.models import WorkerSpec
+from balancer.registry.store import SchemaTooNew, StoredWorker
 
 T = TypeVar("T")
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS workers (
-    id TEXT PRIMARY KEY,
-    model_name TEXT NOT NULL,
-    spec BLOB NOT NULL,
-    updated_at REAL NOT NULL
+log = get_logger("balancer.registry")
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the first schema. Files written before versioning hold exactly this at user_version 0,
+    # hence IF NOT EXISTS.
+    (
+        """CREATE TABLE IF NOT EXISTS workers (
+            id TEXT PRIMARY KEY,
+            model_name TEXT NOT NULL,
+            spec BLOB NOT NULL,
+            updated_at REAL NOT NULL
+        )""",
+    ),
+    # 2: `seq` orders registrations (the latest one's strategy and fallbacks win); rows kept so
+    # far were registered in rowid order.
+    (
+        "ALTER TABLE workers ADD COLUMN seq INTEGER NOT NULL DEFAULT 0",
+        "UPDATE workers SET seq = rowid",
+    ),
 )
-"""
+"""Migration N (1-based) takes a file from user_version N-1 to N. Append, never edit."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the file to SCHEMA_VERSION; return the version it had. Safe to race: several
+    processes opening one new file migrate it once."""
+    # IMMEDIATE takes the write lock before reading the version, so a second process waits and
+    # then finds the work done.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        if found > SCHEMA_VERSION:
+            raise SchemaTooNew(
+                f"the store's schema is version {found}, written by a newer balancer; this one "
+                f"reads up to version {SCHEMA_VERSION}: run the newer balancer, or a copy of the "
+                "file made before it"
+            )
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[version - 1]:
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return found
 
 
 class SQLiteStore:
@@ -32,6 +79,8 @@ class SQLiteStore:
         # sqlite3 connections are not thread-safe; one thread owns ours and serialises writes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
+        # Rows this version cannot read, by id: warned about once (refresh reloads every row).
+        self._skipped: dict[str, bytes | str] = {}
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -46,31 +95,75 @@ class SQLiteStore:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # In WAL mode NORMAL survives a killed process (not a power cut); FULL for both.
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA busy_timeout=5000")
-            conn.execute(_SCHEMA)
+            try:
+                conn.execute("PRAGMA busy_timeout=5000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                # In WAL mode NORMAL survives a killed process (not a power cut); FULL for both.
+                conn.execute("PRAGMA synchronous=FULL")
+                found = migrate(conn)
+            except SchemaTooNew as exc:
+                conn.close()
+                log.error("store_schema_too_new", path=self.path, error=str(exc))
+                raise
+            except BaseException:
+                conn.close()
+                raise
+            if found != SCHEMA_VERSION:
+                log.info("store_migrated", path=self.path, found=found, version=SCHEMA_VERSION)
             self._conn = conn
 
         await asyncio.get_running_loop().run_in_executor(self._executor, connect)
 
-    async def load(self) -> list[WorkerSpec]:
+    async def load(self) -> list[StoredWorker]:
         rows = await self._run(
-            lambda c: c.execute("SELECT spec FROM workers ORDER BY rowid").fetchall()
+            lambda c: c.execute("SELECT id, spec, seq FROM workers ORDER BY rowid").fetchall()
         )
-        return [WorkerSpec.model_validate(orjson.loads(row[0])) for row in rows]
+        loaded = []
+        for wid, blob, seq in rows:
+            try:
+                spec = WorkerSpec.model_validate(orjson.loads(blob))
+                if spec.worker_id != wid:
+                    raise ValueError(f"its model and URL make the id {spec.worker_id}")
+            # Not JSON (orjson), a registration this version refuses (pydantic), a wrong id.
+            except ValueError as exc:
+                self._skip(wid, blob, exc)
+                continue
+            loaded.append(StoredWorker(spec, seq))
+        return loaded
 
-    async def upsert(self, worker_id: str, spec: WorkerSpec) -> None:
-        blob = orjson.dumps(spec.model_dump(exclude_defaults=True))
-        await self._run(
-            lambda c: c.execute(
-                "INSERT INTO workers (id, model_name, spec, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET spec = excluded.spec, "
-                "updated_at = excluded.updated_at",
-                (worker_id, spec.model_name, blob, time.time()),
+    def _skip(self, wid: str, blob: bytes | str, exc: Exception) -> None:
+        """A row this version cannot read (a newer balancer's field or rule): left as it is."""
+        if self._skipped.get(wid) == blob:
+            return
+        self._skipped[wid] = blob
+        if isinstance(exc, ValidationError):
+            reason = "; ".join(
+                f"{'.'.join(map(str, error['loc'])) or 'row'}: {error['msg']}"
+                for error in exc.errors(include_url=False)
             )
+        else:
+            reason = str(exc)
+        log.warning(
+            "stored_worker_skipped",
+            worker=wid,
+            reason=reason,
+            hint="this version cannot read the row; it stays in the store untouched",
         )
+
+    async def upsert(self, worker_id: str, spec: WorkerSpec) -> int:
+        blob = orjson.dumps(spec.model_dump(exclude_defaults=True))
+        # One statement: SQLite's write lock makes max(seq) + 1 unique across processes.
+        rows = await self._run(
+            lambda c: c.execute(
+                "INSERT INTO workers (id, model_name, spec, updated_at, seq) "
+                "VALUES (?, ?, ?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM workers)) "
+                "ON CONFLICT(id) DO UPDATE SET spec = excluded.spec, "
+                "updated_at = excluded.updated_at, seq = excluded.seq "
+                "RETURNING seq",
+                (worker_id, spec.model_name, blob, time.time()),
+            ).fetchall()  # to the end: a RETURNING statement holds the write lock until then
+        )
+        return int(rows[0][0])
 
     async def delete(self, worker_id: str) -> None:
         await self._run(lambda c: c.execute("DELETE FROM workers WHERE id = ?", (worker_id,)))

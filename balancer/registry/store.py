@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol
 
 from balancer.config import ConfigError
 from balancer.registry.models import WorkerSpec
 
 
+@dataclass(frozen=True, slots=True)
+class StoredWorker:
+    """A registration as the store keeps it."""
+
+    spec: WorkerSpec
+    seq: int
+    """When it was last registered, as a number that grows with every registration made by any
+    process sharing the store: the latest registration's strategy and fallbacks win."""
+
+
+class SchemaTooNew(ConfigError):
+    """The store was written by a newer balancer, in a schema this one does not know."""
+
+
 class Store(Protocol):
     """Durable registrations. Every write is durable when the awaitable returns."""
 
-    async def open(self) -> None: ...
-
-    async def load(self) -> list[WorkerSpec]:
-        """Every stored registration, in registration order."""
+    async def open(self) -> None:
+        """Connect, and migrate the schema to this version's (raise SchemaTooNew if newer)."""
         ...
 
-    async def upsert(self, worker_id: str, spec: WorkerSpec) -> None: ...
+    async def load(self) -> list[StoredWorker]:
+        """Every stored registration this version can read, in the order of first registration.
+
+        A row it cannot read (a field or value of a newer version) is skipped with a warning and
+        left as it is."""
+        ...
+
+    async def upsert(self, worker_id: str, spec: WorkerSpec) -> int:
+        """Add or replace a registration; return its new `seq`."""
+        ...
 
     async def delete(self, worker_id: str) -> None: ...
 

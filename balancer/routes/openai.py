@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from balancer.auth import require_api_key
-from balancer.errors import BadRequest
+from balancer.errors import BadRequest, ModelNotFound
 from balancer.events import RequestRecord
 from balancer.forwarding import openai_format, sse
 from balancer.forwarding.lease import Lease
@@ -32,13 +32,24 @@ TemplateAnswer = Callable[[Balancer, Lease, dict[str, Any]], Awaitable[Relayed]]
 async def list_models(request: Request, balancer: Balancer) -> Response:
     """Every registered model, as OpenAI's model list."""
     require_api_key(request, balancer.settings)
-    data = []
     registry = balancer.registry
-    for model in registry.models():
-        workers = registry.workers_of(model) or []
-        owner = next((w.spec.owner for w in workers if w.spec.owner), None) or "llm-balancer"
-        data.append({"id": model, "object": "model", "created": 0, "owned_by": owner})
+    data = [_model_object(model, registry.workers_of(model) or []) for model in registry.models()]
     return json_response({"object": "list", "data": data})
+
+
+async def retrieve_model(request: Request, balancer: Balancer) -> Response:
+    """One registered model, as OpenAI's model object (404 model_not_found if unknown)."""
+    require_api_key(request, balancer.settings)
+    model = request.path_params["model"]
+    workers = balancer.registry.workers_of(model)
+    if not workers:
+        raise ModelNotFound(model)
+    return json_response(_model_object(model, workers))
+
+
+def _model_object(model: str, workers: list[Worker]) -> dict[str, Any]:
+    owner = next((w.spec.owner for w in workers if w.spec.owner), None) or "llm-balancer"
+    return {"id": model, "object": "model", "created": 0, "owned_by": owner}
 
 
 async def chat_completions(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
@@ -112,6 +123,7 @@ async def _forward(
                 payload_for(lease.worker),
                 stream=stream,
                 strip_usage=bool(extra),
+                model=model,
             )
         assert from_template is not None
         return await from_template(balancer, lease, data)

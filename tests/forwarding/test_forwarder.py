@@ -16,10 +16,9 @@ from balancer.config import DEFAULT_UNHEALTHY_THRESHOLD
 from balancer.errors import (
     BadRequest,
     BalancerError,
-    ModelNotFound,
+    DeadlineExceeded,
     NoWorkerAvailable,
     UpstreamError,
-    UpstreamTimeout,
 )
 from balancer.events import (
     AttemptFailed,
@@ -243,9 +242,8 @@ async def test_a_429_with_retry_after_keeps_the_worker_out_for_that_long(
     transport = by_host(answers)
     forwarder = forwarder_on(registry, clock, events)
 
-    with pytest.raises(UpstreamError) as raised:
+    with pytest.raises(NoWorkerAvailable, match=f"worker {w1.id} answered HTTP 429"):
         await forwarder.run(new_record(), "m", relay(transport))
-    assert raised.value.upstream_status == 429
     assert w1.skip_until == clock.now + 30
 
     answers["w1"] = completion("back again")
@@ -394,44 +392,21 @@ async def test_when_nothing_can_serve_the_error_is_a_503_naming_the_model(
     assert error.attempts == 2
 
 
-@pytest.mark.parametrize(
-    ("failure", "error_type", "status_code"),
-    [(CONNECT_REFUSED, UpstreamError, 502), (TIMED_OUT, UpstreamTimeout, 504)],
-    ids=["connect", "timeout"],
-)
-async def test_one_worker_failing_once_gives_its_own_error(
-    registry: WorkerRegistry,
-    clock: FakeClock,
-    events: Events,
-    failure: Answer,
-    error_type: type[UpstreamError],
-    status_code: int,
+@pytest.mark.parametrize("failure", [CONNECT_REFUSED, TIMED_OUT], ids=["connect", "timeout"])
+async def test_one_worker_failing_once_is_a_503_naming_the_model_and_what_the_worker_said(
+    registry: WorkerRegistry, clock: FakeClock, events: Events, failure: Answer
 ) -> None:
     [w1] = await add_workers(registry, "w1")
     transport = by_host({"w1": failure})
 
-    with pytest.raises(error_type) as raised:
+    with pytest.raises(NoWorkerAvailable) as raised:
         await forwarder_on(registry, clock, events).run(new_record(), "m", relay(transport))
 
-    assert type(raised.value) is error_type
-    assert raised.value.status_code == status_code
-    assert raised.value.message.startswith(f"worker {w1.id} (http://w1/v1/chat/completions): ")
-    assert raised.value.attempts == 1
-
-
-async def test_a_model_without_workers_is_a_404_and_nothing_is_sent(
-    registry: WorkerRegistry, clock: FakeClock, events: Events
-) -> None:
-    transport = by_host({})
-
-    with pytest.raises(ModelNotFound) as raised:
-        await forwarder_on(registry, clock, events).run(new_record(), "m", relay(transport))
-
-    assert raised.value.status_code == 404
-    assert transport.sent == []
-
-
-# The request's deadline
+    assert raised.value.status_code == 503
+    assert raised.value.message.startswith("model m: ")
+    assert f"worker {w1.id}: " in raised.value.message
+    assert "http://" not in raised.value.message
+    assert (raised.value.worker, raised.value.attempts) == (w1.id, 1)
 
 
 async def test_the_request_deadline_stops_further_attempts(
@@ -442,18 +417,14 @@ async def test_the_request_deadline_stops_further_attempts(
     transport = by_host({host: answered_after(clock, 6, status(503)) for host in hosts})
     forwarder = forwarder_on(registry, clock, events, request_timeout=10, max_retries=5)
 
-    with pytest.raises(NoWorkerAvailable, match="request deadline passed") as raised:
+    with pytest.raises(DeadlineExceeded, match="request timeout") as raised:
         await forwarder.run(new_record(), "m", relay(transport))
 
+    assert raised.value.status_code == 504
     assert len(transport.sent) == 2  # the retry went out at 6 s; at 12 s the deadline had passed
     assert raised.value.attempts == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: a fallback model's first attempt does not check the request deadline "
-    "(forwarder.py _failover checks it only before a retry)",
-)
 async def test_no_fallback_is_tried_once_the_request_deadline_has_passed(
     registry: WorkerRegistry, clock: FakeClock, events: Events
 ) -> None:
@@ -466,6 +437,80 @@ async def test_no_fallback_is_tried_once_the_request_deadline_has_passed(
         await forwarder.run(new_record(), "m", relay(transport))
 
     assert hosts_sent(transport) == ["m1"]
+
+
+# Time limits: the worker's own, and the request's
+
+
+def never_answers() -> Callable[[SentRequest], Awaitable[FakeResponse]]:
+    """A worker that keeps the request (until the attempt's time limit cancels it)."""
+
+    async def busy(request: SentRequest) -> FakeResponse:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    return busy
+
+
+async def test_a_worker_slower_than_its_own_timeout_is_charged_and_the_next_one_serves(
+    registry: WorkerRegistry, clock: FakeClock, events: Events, heard: Heard
+) -> None:
+    w1, _ = await add_workers(registry, "w1", "w2", timeout=0.05)
+    transport = by_host({"w1": never_answers(), "w2": completion("from w2")})
+
+    served = await forwarder_on(registry, clock, events).run(new_record(), "m", relay(transport))
+
+    assert (text_of(served.value), served.attempts) == ("from w2", 2)
+    [failed] = heard.of(AttemptFailed)
+    assert (failed.worker, failed.error.reason) == (w1, "timeout")
+    assert "within its timeout of 0.05 s" in failed.error.message
+    assert w1.inflight == 0
+
+
+async def test_without_a_timeout_of_its_own_a_worker_gets_the_balancers_worker_timeout(
+    registry: WorkerRegistry, clock: FakeClock, events: Events, heard: Heard
+) -> None:
+    w1, _ = await add_workers(registry, "w1", "w2")
+    transport = by_host({"w1": never_answers(), "w2": completion("from w2")})
+    forwarder = forwarder_on(registry, clock, events, worker_timeout=0.05)
+
+    served = await forwarder.run(new_record(), "m", relay(transport))
+
+    assert served.attempts == 2
+    assert [f.worker for f in heard.of(AttemptFailed)] == [w1]
+
+
+async def test_the_request_timeout_ends_an_attempt_under_way_with_a_504_and_no_charge(
+    registry: WorkerRegistry, clock: FakeClock, events: Events, heard: Heard
+) -> None:
+    """The worker's own timeout is longer than what is left of the request: no failover."""
+    w1, _ = await add_workers(registry, "w1", "w2")
+    transport = by_host({"w1": never_answers(), "w2": completion("too late")})
+    forwarder = forwarder_on(registry, clock, events, request_timeout=0.05)
+
+    with pytest.raises(DeadlineExceeded) as raised:
+        await forwarder.run(new_record(), "m", relay(transport))
+
+    assert raised.value.status_code == 504
+    assert (raised.value.worker, raised.value.attempts) == (w1.id, 1)
+    assert len(transport.sent) == 1
+    assert heard.of(AttemptFailed) == []
+    assert w1.inflight == 0
+
+
+async def test_a_retry_after_longer_than_max_retry_after_is_cut_to_it(
+    registry: WorkerRegistry, clock: FakeClock, events: Events
+) -> None:
+    w1, _ = await add_workers(registry, "w1", "w2")
+    answers: dict[str, Answer] = {
+        "w1": status(429, headers={"Retry-After": "86400"}),
+        "w2": completion("ok"),
+    }
+    forwarder = forwarder_on(registry, clock, events, max_retry_after=60)
+
+    await forwarder.run(new_record(), "m", relay(by_host(answers)))
+
+    assert w1.skip_until == clock.now + 60
 
 
 # The capacity queue
@@ -666,7 +711,7 @@ async def test_the_slot_is_held_during_the_attempt_and_given_back_after_it(
 
     transport = by_host({"w1": noting_the_slot})
 
-    with contextlib.suppress(UpstreamError):
+    with contextlib.suppress(UpstreamError, NoWorkerAvailable):
         await forwarder_on(registry, clock, events).run(new_record(), "m", prompt(transport))
 
     assert inflight_seen == [1]

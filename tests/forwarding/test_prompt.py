@@ -150,7 +150,7 @@ async def test_a_body_that_is_not_json_is_a_retryable_failure_naming_the_extract
     error = raised.value
     assert error.retryable is True
     assert error.message == (
-        f"worker {worker.id} (http://t1/generate) returned a body that is not JSON, "
+        f"worker {worker.id} returned a body that is not JSON, "
         "so response_extract 'data.items[].answer' cannot be applied"
     )
     assert (error.model, error.worker) == ("t", worker.id)
@@ -166,7 +166,7 @@ async def test_a_body_without_a_value_at_the_extract_path_is_a_retryable_failure
 
     assert raised.value.retryable is True
     assert raised.value.message == (
-        f"worker {worker.id} (http://t1/generate) has no value at 'data.items[0]' "
+        f"worker {worker.id} has no value at 'data.items[0]' "
         "(response_extract 'data.items[0].answer')"
     )
 
@@ -259,6 +259,6 @@ async def test_an_openai_worker_answer_that_is_no_chat_completion_is_a_retryable
 
     assert raised.value.retryable is True
     assert raised.value.message == (
-        f"worker {worker.id} (http://w1/v1/chat/completions) did not return an OpenAI chat "
+        f"worker {worker.id} did not return an OpenAI chat "
         "completion (no choices[0].message.content)"
     )

@@ -14,7 +14,6 @@ from balancer.fakes.transport import FakeResponse
 from balancer.forwarding.prompt import complete_text
 from balancer.forwarding.transport import TransportError
 from balancer.forwarding.upstream import (
-    MAX_RETRY_AFTER,
     UpstreamReply,
     openai_url,
     parse_retry_after,
@@ -81,7 +80,7 @@ async def test_a_transport_failure_is_an_upstream_error_naming_the_worker_and_ur
     error = raised.value
     assert type(error) is error_type
     assert error.status_code == status_code
-    assert error.message == f"worker {w1.id} ({URL}): {failure.message}"
+    assert error.message == f"worker {w1.id}: {failure.message}"
     assert (error.model, error.worker) == ("m", w1.id)
     assert error.reason == failure.kind
     assert error.retryable is True
@@ -98,7 +97,7 @@ async def test_a_failure_while_reading_the_body_is_judged_the_same_way(
     assert error.reason == failure.kind
     assert error.retryable is True
     assert isinstance(error, UpstreamTimeout) is (failure.kind == "timeout")
-    assert error.message.endswith(f"({URL}): {failure.message}")
+    assert error.message.endswith(f": {failure.message}")
 
 
 async def test_reading_the_body_gives_the_connection_back_even_when_it_fails() -> None:
@@ -110,14 +109,13 @@ async def test_reading_the_body_gives_the_connection_back_even_when_it_fails() -
     assert [answer.closed for answer in answers] == [True, True]
 
 
-async def test_the_worker_timeout_goes_to_the_transport() -> None:
+async def test_the_request_goes_to_the_transport_as_given() -> None:
     transport = by_host({"w1": FakeResponse(body=b"ok")})
 
     await send(transport, worker(), "POST", URL, body=b"{}", headers={"X-A": "1"})
 
     [sent] = transport.sent
     assert (sent.method, sent.url, sent.body, sent.headers) == ("POST", URL, b"{}", {"X-A": "1"})
-    assert sent.timeout == 7.5
 
 
 async def test_a_stream_failing_before_its_first_chunk_is_retryable() -> None:
@@ -142,14 +140,16 @@ async def test_a_stream_breaking_after_its_first_chunk_is_not_retryable() -> Non
     error = raised.value
     assert error.retryable is False
     assert error.reason == "reset"
-    assert error.message == f"worker {w1.id} ({URL}) broke off the stream: {RESET.message}"
+    assert error.message == f"worker {w1.id} broke off the stream: {RESET.message}"
 
 
 # Status classification
 
 
-@pytest.mark.parametrize("code", [429, 500, 502, 503, 504])
-async def test_429_and_5xx_are_retryable_with_reason_http_status(code: int) -> None:
+@pytest.mark.parametrize("code", [429, 401, 403, 404, 405, 408, 500, 501, 502, 503, 504, 505, 302])
+async def test_429_and_what_the_worker_cannot_serve_are_retried_with_reason_http_status(
+    code: int,
+) -> None:
     w1 = worker()
     reply = await reply_from(status(code), for_worker=w1)
 
@@ -158,14 +158,14 @@ async def test_429_and_5xx_are_retryable_with_reason_http_status(code: int) -> N
     assert error.retryable is True
     assert error.reason == f"http_{code}"
     assert error.upstream_status == code
-    assert error.status_code == 502  # the balancer's own answer, if it comes to that
+    assert error.status_code in (502, 504)  # never the worker's: the client gets a 503 instead
     assert error.message == (
-        f'worker {w1.id} ({URL}) answered HTTP {code}: {{"error":{{"message":"status {code}"}}}}'
+        f'worker {w1.id} answered HTTP {code}: {{"error":{{"message":"status {code}"}}}}'
     )
 
 
-@pytest.mark.parametrize("code", [400, 401, 403, 404, 409, 413, 422])
-async def test_other_client_errors_are_not_retryable_and_keep_their_status(code: int) -> None:
+@pytest.mark.parametrize("code", [400, 409, 413, 418, 422])
+async def test_the_callers_own_mistakes_are_not_retried_and_keep_their_status(code: int) -> None:
     reply = await reply_from(status(code))
 
     error = reply.status_failure(await reply.read())
@@ -174,21 +174,6 @@ async def test_other_client_errors_are_not_retryable_and_keep_their_status(code:
     assert error.reason == "http_4xx"
     assert error.upstream_status == code
     assert error.status_code == code
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: a status that is neither retryable nor 4xx (501, 3xx) gets reason "
-    "http_4xx (upstream.py status_failure)",
-)
-@pytest.mark.parametrize("code", [501, 505, 302])
-async def test_a_non_retryable_status_outside_4xx_is_not_labelled_4xx(code: int) -> None:
-    reply = await reply_from(status(code))
-
-    error = reply.status_failure(await reply.read())
-
-    assert error.retryable is False
-    assert error.reason != "http_4xx"
 
 
 async def test_the_error_quotes_at_most_300_bytes_of_the_body() -> None:
@@ -205,7 +190,7 @@ async def test_an_empty_error_body_is_not_quoted() -> None:
 
     error = reply.status_failure(await reply.read())
 
-    assert error.message == f"worker {w1.id} ({URL}) answered HTTP 503"
+    assert error.message == f"worker {w1.id} answered HTTP 503"
 
 
 async def test_retry_after_is_read_from_a_429() -> None:
@@ -214,10 +199,11 @@ async def test_retry_after_is_read_from_a_429() -> None:
     assert reply.status_failure(b"").retry_after == 12.0
 
 
-async def test_retry_after_of_a_503_is_ignored() -> None:
+async def test_retry_after_is_read_from_a_503_too() -> None:
+    """RFC 9110: a 503 with Retry-After says how long the server expects to be unavailable."""
     reply = await reply_from(status(503, headers={"Retry-After": "12"}))
 
-    assert reply.status_failure(b"").retry_after is None
+    assert reply.status_failure(b"").retry_after == 12.0
 
 
 # Retry-After
@@ -225,9 +211,9 @@ async def test_retry_after_of_a_503_is_ignored() -> None:
 
 @pytest.mark.parametrize(
     ("value", "seconds"),
-    [("5", 5.0), ("0.5", 0.5), (" 7 ", 7.0), ("3600", MAX_RETRY_AFTER), ("inf", MAX_RETRY_AFTER)],
+    [("5", 5.0), ("0.5", 0.5), (" 7 ", 7.0), ("3600", 3600.0)],
 )
-def test_retry_after_in_seconds_is_capped(value: str, seconds: float) -> None:
+def test_retry_after_in_seconds(value: str, seconds: float) -> None:
     assert parse_retry_after(value) == seconds
 
 
@@ -240,8 +226,8 @@ def test_retry_after_as_an_http_date_is_the_seconds_until_then() -> None:
     assert 115 <= seconds <= 120  # the date has whole seconds, and the test takes some time
 
 
-def test_retry_after_as_a_far_http_date_is_capped() -> None:
-    assert parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT") == MAX_RETRY_AFTER
+def test_retry_after_as_a_far_http_date_is_taken_as_it_is() -> None:
+    assert (parse_retry_after("Wed, 21 Oct 2099 07:28:00 GMT") or 0) > 365 * 86400
 
 
 @pytest.mark.parametrize(
@@ -253,13 +239,9 @@ def test_retry_after_that_says_nothing_usable_is_none(value: str | None) -> None
     assert parse_retry_after(value) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 11: parse_retry_after('nan') returns nan, so skip_until becomes nan and the "
-    "worker is never chosen again",
-)
-def test_retry_after_nan_is_none() -> None:
-    assert parse_retry_after("nan") is None
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "1e999"])
+def test_retry_after_that_is_not_a_finite_non_negative_number_is_none(value: str) -> None:
+    assert parse_retry_after(value) is None
 
 
 # What errors show of a template worker's URL
@@ -295,7 +277,7 @@ def template_worker() -> Worker:
     ],
     ids=["connect", "timeout", "5xx", "4xx", "read_failure", "not_json", "no_value_at_path"],
 )
-async def test_a_template_worker_error_names_its_url_template_never_the_prompt(
+async def test_a_template_worker_error_names_the_worker_never_its_url_or_the_prompt(
     clock: FakeClock, answer: Answer
 ) -> None:
     t1 = template_worker()
@@ -306,8 +288,9 @@ async def test_a_template_worker_error_names_its_url_template_never_the_prompt(
 
     [sent] = transport.sent
     assert sent.url == "http://t1/ask?q=my%20secret%20plan"
-    assert f"worker {t1.id} ({TEMPLATE})" in raised.value.message
+    assert f"worker {t1.id}" in raised.value.message
     assert "secret" not in raised.value.message
+    assert "http://t1" not in raised.value.message  # errors reach clients: no URL in them
 
 
 # Small parts

@@ -129,3 +129,73 @@ def test_may_eject_counts_probe_ejections_too() -> None:
         a.probe_failed(float(t), "down")
     assert not may_eject([a, b], 50.0)
     assert may_eject([a, b], 100.0)
+
+
+def eject_passively(health: WorkerHealth, now: float) -> float:
+    """Five failed requests in a row at `now`; returns how long the ejection lasts."""
+    other = fresh()
+    for _ in range(POLICY.passive_failures):
+        health.request_failed(now, "x", [health, other])
+    assert health.status == "ejected" and health.ejected_until is not None
+    return health.ejected_until - now
+
+
+def back_in_service(health: WorkerHealth) -> float:
+    """The ejection runs out and probes bring the worker back; returns when."""
+    assert health.ejected_until is not None
+    now = health.ejected_until
+    for _ in range(POLICY.healthy_threshold):
+        health.probe_succeeded(now, 1.0)
+    assert health.status == "healthy"
+    return now
+
+
+def test_the_ejection_multiplier_decays_while_the_worker_stays_in_service() -> None:
+    """As Envoy's: each base_ejection_time in service takes one step off the next ejection."""
+    health = fresh()
+    now = 0.0
+    for expected in (30.0, 60.0, 90.0):
+        assert eject_passively(health, now) == expected
+        now = back_in_service(health)
+    assert health.ejection_multiplier(now) == 3
+    assert health.ejection_multiplier(now + 59.0) == 2  # one whole step, not two
+    assert health.ejection_multiplier(now + 60.0) == 1
+    assert eject_passively(health, now + 60.0) == 60.0  # not 120
+
+
+def test_a_long_healthy_stretch_forgives_a_bad_hour() -> None:
+    health = fresh()
+    now = 0.0
+    for _ in range(30):  # an hour and more of ejections, each at the cap by the end
+        eject_passively(health, now)
+        now = back_in_service(health)
+    assert eject_passively(health, now) == 300.0
+    now = back_in_service(health)
+    assert eject_passively(health, now + 3600.0) == 30.0
+
+
+def test_a_capped_multiplier_decays_from_the_cap() -> None:
+    """The multiplier stops growing at the step that reaches max_ejection_time, so two steps in
+    service shorten the next ejection however many ejections came before."""
+    health = fresh()
+    now = 0.0
+    for _ in range(20):
+        eject_passively(health, now)
+        now = back_in_service(health)
+    assert health.ejection_multiplier(now) == POLICY.max_multiplier == 10
+    assert eject_passively(health, now + 2 * 30.0) == 270.0
+
+
+def test_the_multiplier_does_not_decay_while_the_worker_is_ejected() -> None:
+    health = fresh()
+    assert eject_passively(health, 0.0) == 30.0
+    now = back_in_service(health)
+    for t in range(3):  # then its probes fail, and keep failing for an hour
+        health.probe_failed(now + t, "down")
+    assert (health.status, health.ejection_reason) == ("ejected", "probe")
+    assert health.ejection_multiplier(now + 3600.0) == 2
+    for t in range(POLICY.healthy_threshold):
+        health.probe_succeeded(now + 3600.0 + t, 1.0)
+    assert health.status == "healthy"
+    # Probe ejections count as ejections: back for a second, it fails live traffic at once.
+    assert eject_passively(health, now + 3602.0) == 90.0

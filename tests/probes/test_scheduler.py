@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import structlog
 
 from tests.inprocess import eventually, in_process
 
@@ -37,3 +38,26 @@ async def test_a_new_worker_turns_healthy_after_its_first_probe() -> None:
         served = lb.fleet.workers["new"].served
         assert served["/v1/models"] >= 1  # probed the cheap way, not with a completion
         assert "/v1/chat/completions" not in served
+
+
+async def test_probes_do_not_carry_the_id_of_the_request_that_registered_the_worker() -> None:
+    """Only a request's own events carry its id; probes run in a context of their own."""
+    async with in_process(probe_interval=0.01) as lb:
+        url = lb.worker("w")
+        with structlog.testing.capture_logs(
+            processors=[structlog.contextvars.merge_contextvars]
+        ) as logs:
+            await lb.client.post(
+                "/api/server/register",
+                json={"model_name": "m", "api": "openai", "req_url_template": f"{url}/v1"},
+                headers={"X-Request-ID": "trace-register"},
+            )
+            [worker] = lb.parts.registry
+            await eventually(lambda: worker.status == "healthy")
+            lb.fleet.stopped.add("w")
+            await eventually(lambda: worker.status == "ejected")
+    [registered] = [e for e in logs if e["event"] == "worker_registered"]
+    assert registered["request_id"] == "trace-register"
+    probed = [e for e in logs if e["event"] in ("worker_healthy", "worker_ejected")]
+    assert [e["event"] for e in probed] == ["worker_healthy", "worker_ejected"]
+    assert [e.get("request_id") for e in probed] == [None, None]

@@ -40,7 +40,8 @@ def test_worker_id_is_the_same_for_equivalent_urls() -> None:
 
 def test_a_good_registration_has_the_documented_defaults() -> None:
     spec = parse_spec(GOOD)
-    assert (spec.api, spec.req_type, spec.weight, spec.timeout) == ("template", "POST", 1.0, 60.0)
+    # timeout None: the worker gets BALANCER_WORKER_TIMEOUT.
+    assert (spec.api, spec.req_type, spec.weight, spec.timeout) == ("template", "POST", 1.0, None)
     assert spec.target_model == "proxyllm"
 
 

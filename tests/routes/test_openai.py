@@ -41,13 +41,59 @@ async def test_models_lists_every_registered_model_with_its_owner(
     assert models == {"a": "llm-balancer", "b": "operategpt"}
 
 
-async def test_chat_through_an_openai_worker_renames_the_model(
+async def test_models_retrieve_answers_a_registered_model(
     lb: InProcess, sdk: openai.AsyncOpenAI
 ) -> None:
+    await lb.register_openai("a", lb.worker("w1"))
+    await lb.register_template("org/b-7B", lb.worker("w2"))  # model ids hold slashes
+    a = await sdk.models.retrieve("a")
+    b = await sdk.models.retrieve("org/b-7B")
+    assert (a.id, a.object, a.owned_by) == ("a", "model", "llm-balancer")
+    assert (b.id, b.owned_by) == ("org/b-7B", "operategpt")
+
+
+async def test_models_retrieve_of_an_unknown_model_is_404_model_not_found(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    await lb.register_openai("a", lb.worker("w1"))
+    with pytest.raises(openai.NotFoundError) as info:
+        await sdk.models.retrieve("nope")
+    assert info.value.code == "model_not_found"
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["type"] == "invalid_request_error"
+
+
+async def test_a_wrong_method_on_a_model_is_405(lb: InProcess) -> None:
+    reply = await lb.client.post("/v1/models/a")
+    assert reply.status_code == 405
+    assert reply.headers["Allow"] == "GET"
+    assert reply.json()["error"]["message"] == "method POST not allowed on /v1/models/a"
+
+
+async def test_chat_through_an_openai_worker_renames_the_model_both_ways(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    """The worker is asked for its own name; the client is answered with the name it used."""
     await lb.register_openai("m", lb.worker("w1"), upstream_model="upstream-name")
     completion = await sdk.chat.completions.create(model="m", messages=user("hello sdk"))
     assert completion.choices[0].message.content == "[w1] hello sdk"
-    assert completion.model == "upstream-name"
+    assert completion.model == "m"
+    stream = await sdk.chat.completions.create(model="m", messages=user("hi"), stream=True)
+    assert {chunk.model async for chunk in stream} == {"m"}
+    text = await sdk.completions.create(model="m", prompt="hi")
+    assert text.model == "m"
+
+
+@pytest.mark.parametrize("spaced_json", [False, True], ids=["compact", "spaced"])
+async def test_the_model_a_fallback_answers_for_is_the_one_the_client_asked_for(
+    lb: InProcess, sdk: openai.AsyncOpenAI, spaced_json: bool
+) -> None:
+    await lb.register_openai("main", lb.worker("down"), fallbacks=["spare"])
+    await lb.register_openai("spare", lb.worker("w1", spaced_json=spaced_json))
+    lb.fleet.stopped.add("down")
+    completion = await sdk.chat.completions.create(model="main", messages=user("hi"))
+    assert completion.choices[0].message.content == "[w1] hi"
+    assert completion.model == "main"
 
 
 async def test_a_streamed_chat_comes_as_the_workers_chunks(
@@ -198,3 +244,19 @@ async def test_a_stream_that_fails_before_its_first_byte_fails_over(lb: InProces
         assert reply.status_code == 200
         assert sse_content(reply.text) == "[good] s"
         assert reply.text.rstrip().endswith("data: [DONE]")
+
+
+async def test_a_reply_without_usage_is_metered_as_estimated(lb: InProcess) -> None:
+    """Four characters a token, labelled estimated="true"."""
+    wid = await lb.register_openai("m", lb.worker("w1", omit_usage=True))
+    reply = await lb.client.post(
+        "/v1/chat/completions", json={"model": "m", "messages": user("twelve chars")}
+    )
+    assert reply.status_code == 200
+    assert "usage" not in reply.json()
+    labels = {"model": "m", "worker": wid}
+    assert lb.sample("balancer_input_tokens_total", **labels, estimated="true") == 3
+    assert (
+        lb.sample("balancer_output_tokens_total", **labels, estimated="true") == 5
+    )  # "[w1] twelve chars"
+    assert lb.sample("balancer_output_tokens_total", **labels, estimated="false") is None

@@ -116,20 +116,24 @@ async def test_bad_inference_input_is_a_400(lb: InProcess, body: dict[str, objec
     assert reply.json()["success"] is False
 
 
-async def test_an_upstream_failure_is_a_502_that_names_the_worker(lb: InProcess) -> None:
+async def test_when_the_only_worker_fails_the_503_names_the_model_and_what_it_said(
+    lb: InProcess,
+) -> None:
     url = lb.worker("w1", fail_rate=1.0, fail_status=500)
-    await lb.register_template("m", url)
+    worker = await lb.register_template("m", url)
     reply = await ask(lb, "m", "hi")
-    assert reply.status_code == 502
+    assert reply.status_code == 503
     assert reply.json()["success"] is False
-    assert "HTTP 500" in reply.json()["msg"]
-    assert url in reply.json()["msg"]
+    message = reply.json()["msg"]
+    assert message.startswith("model m: ")
+    assert f"worker {worker} answered HTTP 500" in message
+    assert url not in message  # errors reach clients: never a worker's URL
 
 
 async def test_a_missing_extract_path_names_the_path(lb: InProcess) -> None:
     await register(lb, "m", lb.worker("w1"), response_extract="data.items[].attributes.missing")
     reply = await ask(lb, "m", "hi")
-    assert reply.status_code == 502
+    assert reply.status_code == 503
     assert "data.items[0].attributes.missing" in reply.json()["msg"]
 
 
@@ -137,10 +141,10 @@ async def test_a_non_json_body_with_an_extract_path_is_a_failure(lb: InProcess) 
     url = f"{lb.worker('w1')}/api/text"
     await register(lb, "m", url, req_url_template=url)
     reply = await ask(lb, "m", "hi")
-    assert reply.status_code == 502
+    assert reply.status_code == 503
     assert "not JSON" in reply.json()["msg"]
     assert "data.items[].attributes.answer" in reply.json()["msg"]
-    assert url in reply.json()["msg"]
+    assert url not in reply.json()["msg"]
 
 
 async def test_a_plain_text_worker_needs_no_extract(lb: InProcess) -> None:
@@ -149,25 +153,34 @@ async def test_a_plain_text_worker_needs_no_extract(lb: InProcess) -> None:
     assert (await ask(lb, "m", "plain")).json()["result"] == "[w1] plain"
 
 
-async def test_an_upstream_client_error_keeps_its_status_and_is_not_retried(
+async def test_a_workers_404_means_it_cannot_serve_so_every_worker_is_tried(
     lb: InProcess,
 ) -> None:
     for name in ("w1", "w2", "w3"):
         url = lb.worker(name)
         await register(lb, "m", url, req_url_template=f"{url}/nothing-here")
     reply = await ask(lb, "m", "hi")
-    assert reply.status_code == 404
+    assert reply.status_code == 503
     assert "HTTP 404" in reply.json()["msg"]
+    assert reply.headers["X-Balancer-Attempts"] == "3"
+
+
+async def test_the_callers_own_mistake_keeps_its_status_and_is_not_retried(
+    lb: InProcess,
+) -> None:
+    for name in ("w1", "w2"):
+        await lb.register_template("m", lb.worker(name, fail_rate=1.0, fail_status=422))
+    reply = await ask(lb, "m", "hi")
+    assert reply.status_code == 422
+    assert "HTTP 422" in reply.json()["msg"]
     assert reply.headers["X-Balancer-Attempts"] == "1"
-    served = [w.served.get("/nothing-here", 0) for w in lb.fleet.workers.values()]
-    assert sum(served) == 1
 
 
-async def test_an_unreachable_worker_is_a_502_not_a_crash(lb: InProcess) -> None:
+async def test_an_unreachable_worker_is_a_503_not_a_crash(lb: InProcess) -> None:
     await lb.register_template("m", lb.worker("gone"))
     lb.fleet.stopped.add("gone")
     reply = await ask(lb, "m", "hi")
-    assert reply.status_code == 502
+    assert reply.status_code == 503
     assert "cannot connect" in reply.json()["msg"]
 
 

@@ -1,0 +1,127 @@
+"""What a worker's answer means, against `balancer serve` and workers on 127.0.0.1: a worker
+that cannot serve is left for another and charged; the caller's own mistakes are relayed; when
+nothing can serve, the client hears which model and why; connections a worker dropped while idle
+cost nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests.e2e.conftest import unique_model
+from tests.e2e.rawworker import Answer, completion, raw_worker
+
+CHAT = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def register(client: httpx.Client, model: str, url: str, **fields: Any) -> str:
+    reply = client.post(
+        "/api/server/register",
+        json={"model_name": model, "api": "openai", "req_url_template": f"{url}/v1", **fields},
+    )
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["id"])
+
+
+def health_of(client: httpx.Client, model: str, worker: str) -> dict[str, Any]:
+    workers = client.get("/api/server/health").json()["data"][model]["workers"]
+    found: dict[str, Any] = next(w for w in workers if w["id"] == worker)
+    return found
+
+
+def test_a_worker_answering_401_at_once_gets_no_traffic_and_is_ejected(
+    balancer: BalancerProcess, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """A revoked key answers fastest of all: under least_latency it must not win."""
+    model = unique_model()
+    revoked, good = spawn("revoked"), spawn("good", latency=0.1)
+    revoked.control(fail_rate=1.0, fail_status=401, fail_fast=True)
+    with balancer.client() as client:
+        bad = register(client, model, revoked.url, strategy="least_latency")
+        register(client, model, good.url)
+
+        def ask(_: int) -> httpx.Response:
+            with balancer.client() as own:
+                return own.post("/v1/chat/completions", json={"model": model, **CHAT})
+
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(ask, range(50)))
+        assert [r.status_code for r in replies] == [200] * 50
+        assert all(r.json()["choices"][0]["message"]["content"] == "[good] hi" for r in replies)
+        assert health_of(client, model, bad)["status"] == "ejected"
+
+
+def test_when_nothing_can_serve_both_apis_answer_503_naming_the_model_and_the_worker(
+    client: httpx.Client, spawn: Callable[..., WorkerProcess]
+) -> None:
+    model = unique_model()
+    broken = spawn("broken")
+    broken.control(fail_rate=1.0, fail_status=500)
+    worker = register(client, model, broken.url)
+    openai_reply = client.post("/v1/chat/completions", json={"model": model, **CHAT})
+    seed_reply = client.post("/api/v1/chat/completions", json={"model_name": model, "input": "x"})
+    assert (openai_reply.status_code, seed_reply.status_code) == (503, 503)
+    for message in (openai_reply.json()["error"]["message"], seed_reply.json()["msg"]):
+        assert message.startswith(f"model {model}: ")
+        assert f"worker {worker} answered HTTP 500" in message
+        assert broken.url not in message and "127.0.0.1" not in message
+
+
+def test_the_callers_own_mistake_is_relayed_unchanged_and_not_retried(
+    client: httpx.Client, spawn: Callable[..., WorkerProcess]
+) -> None:
+    model = unique_model()
+    first, second = spawn("first"), spawn("second")
+    register(client, model, first.url)
+    register(client, model, second.url)
+    reply = client.post("/v1/chat/completions", json={"model": model, "messages": []})
+    assert reply.status_code == 400
+    assert reply.json()["error"]["message"] == "messages is required"
+    assert reply.headers["X-Balancer-Attempts"] == "1"
+
+
+def test_a_retry_after_that_is_no_number_is_ignored(
+    client: httpx.Client, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """`Retry-After: nan` once took a worker out for ever."""
+
+    def answer(n: int) -> Answer:
+        if n == 0:
+            return Answer(429, headers={"Retry-After": "nan"}, body=b"{}")
+        return Answer(body=completion("back"))
+
+    model = unique_model()
+    with raw_worker(answer) as odd:
+        register(client, model, odd.url, strategy="round_robin")
+        register(client, model, spawn("spare").url)
+        texts = [
+            client.post("/v1/chat/completions", json={"model": model, **CHAT}).json()["choices"][0][
+                "message"
+            ]["content"]
+            for _ in range(4)
+        ]
+    assert "back" in texts
+
+
+def test_a_connection_the_worker_dropped_while_idle_is_sent_again_without_charge(
+    client: httpx.Client,
+) -> None:
+    """The worker answers once per connection, then drops the kept-alive connection the moment
+    the next request arrives on it, without announcing it (no `Connection: close`)."""
+    model = unique_model()
+    with raw_worker(lambda n: Answer(body=completion("ok")), one_request_per_connection=True) as w:
+        worker = register(client, model, w.url)
+        replies = [
+            client.post("/v1/chat/completions", json={"model": model, **CHAT}) for _ in range(8)
+        ]
+        dropped = w.dropped
+    assert [r.status_code for r in replies] == [200] * 8
+    assert all(r.headers["X-Balancer-Attempts"] == "1" for r in replies)
+    assert dropped >= 3  # the race really happened
+    health = health_of(client, model, worker)
+    assert health["status"] != "ejected"
+    assert health["passive_failures"] == 0
