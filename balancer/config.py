@@ -116,7 +116,8 @@ class Settings(BaseSettings):
     base_ejection_time: float = Field(
         DEFAULT_BASE_EJECTION_TIME,
         gt=0,
-        description="Seconds a passive ejection lasts, times the ejections so far.",
+        description="Seconds a passive ejection lasts, times the worker's ejection multiplier "
+        "(one more per ejection, one less per this many seconds in service).",
     )
     max_ejection_time: float = Field(
         DEFAULT_MAX_EJECTION_TIME, gt=0, description="Longest passive ejection, seconds."

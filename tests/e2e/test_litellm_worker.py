@@ -1,8 +1,8 @@
-"""LiteLLM's proxy as a worker, in front of a fake worker. Opt-in: LiteLLM is not a dependency
-of the project (`pip install 'litellm[proxy]==1.106.12'` in a venv of its own; later versions
-need a `litellm-proxy` package), so this runs only when BALANCER_TEST_LITELLM names its
-`litellm` command. It starts in about 6 s. Its streams have their own shape: the usage chunk
-keeps a choice with an empty delta, and every chunk names LiteLLM's own model name."""
+"""LiteLLM's proxy as a worker, in front of a fake worker. LiteLLM is not a dependency of the
+project: `scripts/install --dev` puts it in a venv of its own (.venv-litellm); another one can
+be named by BALANCER_TEST_LITELLM. It starts in about 6 s. Its streams have their own shape:
+the usage chunk keeps a choice with an empty delta, and every chunk names LiteLLM's own model
+name."""
 
 import os
 from collections.abc import Callable, Iterator
@@ -15,11 +15,15 @@ from balancer.fakes.processes import HOST, BalancerProcess, Process, WorkerProce
 from tests.e2e.conftest import unique_model
 from tests.e2e.test_streams import metric, metric_reaches, sdk, user
 
-LITELLM = os.environ.get("BALANCER_TEST_LITELLM", "")
+_INSTALLED = Path(__file__).parents[2] / ".venv-litellm" / "bin" / "litellm"
+LITELLM = os.environ.get("BALANCER_TEST_LITELLM") or (
+    str(_INSTALLED) if _INSTALLED.exists() else ""
+)
 KEY = "sk-llm-balancer-test-0123456789abcdef"
 
 pytestmark = pytest.mark.skipif(
-    not LITELLM, reason="set BALANCER_TEST_LITELLM to a `litellm` command to run LiteLLM's proxy"
+    not LITELLM,
+    reason="LiteLLM is not installed (scripts/install --dev, or BALANCER_TEST_LITELLM=<litellm>)",
 )
 
 

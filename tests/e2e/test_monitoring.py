@@ -122,7 +122,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Balan
                     json=openai_registration("chat", worker, strategy="round_robin"),
                 )
             client.post("/api/server/register", json=template_registration("legacy", workers[0]))
-            run_load(client, seconds=6)
+            run_load(client, seconds=3)
         yield f"http://127.0.0.1:{port}", balancer
     finally:
         for process in reversed(started):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,9 @@ def test_a_generation_longer_than_the_stream_idle_timeout_succeeds_in_one_attemp
     not by a socket read timeout: nothing arrives while the model generates."""
     model = unique_model()
     worker = register(client, model, spawn("thinker", latency=1.2).url)
-    for _ in range(3):
-        reply = chat(client, model)
+    with ThreadPoolExecutor(3) as pool:
+        replies = list(pool.map(lambda _: chat(client, model), range(3)))
+    for reply in replies:
         assert reply.status_code == 200, reply.text
         assert reply.headers["X-Balancer-Attempts"] == "1"
     assert status_of(client, model, worker) != "ejected"
