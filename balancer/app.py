@@ -100,7 +100,7 @@ def _lifespan(
             for task in background:
                 task.cancel()
             b.metrics.process_exiting()
-            b.probes.shutdown()
+            await b.probes.shutdown()
             await b.probe_client.aclose()
             if demo_workers is not None:
                 await demo_workers.stop()

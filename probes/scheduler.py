@@ -8,6 +8,7 @@ would otherwise have its probes, and every probe after them, log that request's 
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import random
@@ -49,6 +50,7 @@ class ProbeScheduler:
         self._scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
+        self._in_flight: set[asyncio.Task[None]] = set()
         # APScheduler logs every run at INFO; a thousand workers would drown the real events.
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
 
@@ -61,9 +63,15 @@ class ProbeScheduler:
         for worker in self.registry:
             self._add(worker)
 
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        """Stop probing: no new probes, and the ones under way are cancelled (before the client
+        they use is closed, so none of them fails for it)."""
         if self._scheduler.running:
             self._scheduler.shutdown(wait=False)
+        probes = list(self._in_flight)
+        for task in probes:
+            task.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
 
     def has_job(self, worker_id: str) -> bool:
         return self._scheduler.get_job(worker_id) is not None
@@ -109,11 +117,16 @@ class ProbeScheduler:
     async def _probe(self, worker: Worker) -> None:
         if worker.removed:
             return
+        task = asyncio.current_task()
+        assert task is not None
+        self._in_flight.add(task)
         try:
             result = await self.prober.probe(worker)
         except Exception as exc:  # a bug in a probe must not kill its job
             log.exception("probe_crashed", worker=worker.id, error=repr(exc))
             return
+        finally:
+            self._in_flight.discard(task)
         if not worker.removed:
             self.monitor.probe_result(worker, result)
 

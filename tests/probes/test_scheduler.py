@@ -61,3 +61,15 @@ async def test_probes_do_not_carry_the_id_of_the_request_that_registered_the_wor
     probed = [e for e in logs if e["event"] in ("worker_healthy", "worker_ejected")]
     assert [e["event"] for e in probed] == ["worker_healthy", "worker_ejected"]
     assert [e.get("request_id") for e in probed] == [None, None]
+
+
+async def test_shutdown_cancels_probes_under_way_so_none_fails_for_the_closed_client() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        # An inference probe of a worker that takes a minute to answer.
+        url = lb.worker("slow", latency=60)
+        await lb.register_openai("m", url, probe="inference")
+        await eventually(lambda: bool(lb.parts.probes._in_flight))
+        with structlog.testing.capture_logs() as logs:
+            await lb.parts.probes.shutdown()
+        assert not lb.parts.probes._in_flight
+        assert [e for e in logs if e["event"] == "probe_crashed"] == []
