@@ -97,7 +97,7 @@ class SQLiteStore:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 conn.execute("PRAGMA busy_timeout=5000")
-                conn.execute("PRAGMA journal_mode=WAL")
+                _use_wal(conn)
                 # In WAL mode NORMAL survives a killed process (not a power cut); FULL for both.
                 conn.execute("PRAGMA synchronous=FULL")
                 found = migrate(conn)
@@ -186,3 +186,20 @@ class SQLiteStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=True)
+
+
+def _use_wal(conn: sqlite3.Connection, *, within: float = 5.0) -> None:
+    """WAL mode (it stays set in the file). Switching to it takes the file for a moment, and
+    SQLite does not wait for that (busy_timeout does not apply): processes opening a new file
+    at the same time (`--workers N`) try again until one of them has switched it."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
