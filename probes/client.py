@@ -35,8 +35,11 @@ class AiohttpProbeClient:
 
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._closed = False
 
     def _get_session(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise Unreachable("the balancer is stopping")
         # Created lazily inside the running loop, as aiohttp requires.
         if self._session is None:
             self._session = aiohttp.ClientSession(
@@ -71,6 +74,7 @@ class AiohttpProbeClient:
         return response.status
 
     async def aclose(self) -> None:
+        self._closed = True
         if self._session is not None:
             await self._session.close()
             self._session = None

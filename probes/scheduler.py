@@ -122,6 +122,10 @@ class ProbeScheduler:
         self._in_flight.add(task)
         try:
             result = await self.prober.probe(worker)
+        except asyncio.CancelledError:
+            if self._scheduler.running:
+                raise
+            return  # shutdown() cancelled it: the job ends quietly, not as a failed job
         except Exception as exc:  # a bug in a probe must not kill its job
             log.exception("probe_crashed", worker=worker.id, error=repr(exc))
             return
