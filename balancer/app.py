@@ -104,6 +104,7 @@ def _lifespan(
             await b.probe_client.aclose()
             if demo_workers is not None:
                 await demo_workers.stop()
+            await b.forwarder.close()
             await b.transport.close()
             await b.store.close()
             log.info("stopped")

@@ -15,7 +15,6 @@ another worker it raises a retryable UpstreamError. What happens is sent as even
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from balancer.errors import (
 )
 from balancer.events import Events, Panic, Queued, RegistryChanged, RequestRecord, Retried
 from balancer.forwarding.capacity import CapacityQueue
+from balancer.forwarding.deadlines import Deadlines
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.retry_budget import RetryBudget
 from balancer.logging import get_logger
@@ -93,6 +93,7 @@ class Forwarder:
         self._new_budget = budget
         self._budgets: dict[str, RetryBudget] = {}
         self._capacity = CapacityQueue()
+        self._deadlines = Deadlines()
 
     def workers_of(self, model: str) -> list[Worker]:
         workers = self.registry.workers_of(model)
@@ -223,12 +224,12 @@ class Forwarder:
         lease = Lease(
             worker, record, clock=self.clock, events=self.events, on_release=self._capacity.released
         )
-        limit = asyncio.timeout(min(own, left))
+        limit = self._deadlines.limit(min(own, left))
         try:
-            async with limit:
+            with limit:
                 value = await attempt(lease)
         except TimeoutError:
-            if not limit.expired():
+            if not limit.expired:
                 raise
             if own >= left:
                 # The request's own time ran out, not the worker's: nothing to charge it with.
@@ -274,6 +275,10 @@ class Forwarder:
         finally:
             if self.events.queued:
                 self.events.queued.send(Queued(model, self.clock() - started))
+
+    async def close(self) -> None:
+        """At shutdown, once no request is left."""
+        await self._deadlines.close()
 
     def on_registry_changed(self, event: RegistryChanged) -> None:
         """The model's last worker is gone: drop its budget."""
