@@ -73,21 +73,28 @@ class RawWorker:
         self._loop.close()
 
     async def _listen(self) -> None:
-        self._server = await asyncio.start_server(self._serve, HOST, self.port)
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._server = await asyncio.start_server(self._accepted, HOST, self.port)
+
+    def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Kept from the moment of accepting, so that every socket is closed at the end, even
+        # one whose handler never got to run.
+        self._writers.add(writer)
+        task = asyncio.ensure_future(self._serve(reader, writer))
+        self._handlers.add(task)
+        task.add_done_callback(self._handlers.discard)
 
     async def _close(self) -> None:
         self._server.close()
-        for writer in list(self._writers):
-            writer.close()
-        await asyncio.gather(*(w.wait_closed() for w in self._writers), return_exceptions=True)
+        for writer in self._writers:
+            writer.transport.abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._writers.add(writer)
         served = 0
         try:
             while True:
@@ -117,8 +124,6 @@ class RawWorker:
             pass
         finally:
             writer.close()
-            await writer.wait_closed()
-            self._writers.discard(writer)
 
     async def _write(self, writer: asyncio.StreamWriter, answer: Answer) -> None:
         headers = {

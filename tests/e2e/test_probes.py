@@ -124,11 +124,9 @@ class Trickler:
     async def _serve(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         connections: set[asyncio.Task[Any]] = set()
+        writers: set[asyncio.StreamWriter] = set()
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            connections.add(task)
             with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
                 await reader.readuntil(b"\r\n\r\n")
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n")
@@ -136,14 +134,22 @@ class Trickler:
                     writer.write(b" ")
                     await writer.drain()
                     await asyncio.sleep(self.every)
-            writer.close()
-            connections.discard(task)
 
-        server = await asyncio.start_server(handle, HOST, 0)
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            # Kept from the moment of accepting, so that every socket is closed at the end,
+            # even one whose handler never got to run.
+            writers.add(writer)
+            task = asyncio.ensure_future(handle(reader, writer))
+            connections.add(task)
+            task.add_done_callback(connections.discard)
+
+        server = await asyncio.start_server(accepted, HOST, 0)
         self._port = server.sockets[0].getsockname()[1]
         self._ready.set()
         await self._stop.wait()
         server.close()
+        for writer in writers:
+            writer.transport.abort()
         for task in list(connections):
             task.cancel()
         await asyncio.gather(*connections, return_exceptions=True)
