@@ -26,6 +26,24 @@ def template_registration(model: str, worker: WorkerProcess, **fields: Any) -> d
     return {**inprocess.template_registration(model, worker.url), **fields}
 
 
+def register_openai(client: httpx.Client, model: str, url: str, **fields: Any) -> str:
+    """Register the worker at base URL `url` (its /v1 is the API) as an OpenAI worker of
+    `model`; returns its id."""
+    reply = client.post(
+        "/api/server/register",
+        json={"model_name": model, "api": "openai", "req_url_template": f"{url}/v1", **fields},
+    )
+    assert reply.status_code == 200, reply.text
+    return str(reply.json()["id"])
+
+
+def health_of(client: httpx.Client, model: str, worker: str) -> dict[str, Any]:
+    """The worker's row in /api/server/health."""
+    workers = client.get("/api/server/health").json()["data"][model]["workers"]
+    found: dict[str, Any] = next(w for w in workers if w["id"] == worker)
+    return found
+
+
 def openai_registration(model: str, worker: WorkerProcess, **fields: Any) -> dict[str, Any]:
     return {"model_name": model, "api": "openai", "req_url_template": f"{worker.url}/v1", **fields}
 

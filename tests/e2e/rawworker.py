@@ -46,6 +46,17 @@ Handler = Callable[[int], Answer]
 """Given how many inference requests came before, what to answer."""
 
 
+def back_off_once(retry_after: str) -> Handler:
+    """A 429 with this Retry-After to the first request, then answers ("back")."""
+
+    def answer(n: int) -> Answer:
+        if n == 0:
+            return Answer(429, headers={"Retry-After": retry_after}, body=b"{}")
+        return Answer(body=completion("back"))
+
+    return answer
+
+
 class RawWorker:
     def __init__(self, handler: Handler, *, one_request_per_connection: bool = False) -> None:
         self.handler = handler

@@ -7,30 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.conftest import unique_model
-from tests.e2e.rawworker import Answer, completion, raw_worker
+from tests.e2e.conftest import health_of, register_openai, unique_model
+from tests.e2e.rawworker import Answer, back_off_once, completion, raw_worker
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}]}
-
-
-def register(client: httpx.Client, model: str, url: str, **fields: Any) -> str:
-    reply = client.post(
-        "/api/server/register",
-        json={"model_name": model, "api": "openai", "req_url_template": f"{url}/v1", **fields},
-    )
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["id"])
-
-
-def health_of(client: httpx.Client, model: str, worker: str) -> dict[str, Any]:
-    workers = client.get("/api/server/health").json()["data"][model]["workers"]
-    found: dict[str, Any] = next(w for w in workers if w["id"] == worker)
-    return found
 
 
 def test_a_worker_answering_401_at_once_gets_no_traffic_and_is_ejected(
@@ -41,8 +25,8 @@ def test_a_worker_answering_401_at_once_gets_no_traffic_and_is_ejected(
     revoked, good = spawn("revoked"), spawn("good", latency=0.1)
     revoked.control(fail_rate=1.0, fail_status=401, fail_fast=True)
     with balancer.client() as client:
-        bad = register(client, model, revoked.url, strategy="least_latency")
-        register(client, model, good.url)
+        bad = register_openai(client, model, revoked.url, strategy="least_latency")
+        register_openai(client, model, good.url)
 
         def ask(_: int) -> httpx.Response:
             with balancer.client() as own:
@@ -61,7 +45,7 @@ def test_when_nothing_can_serve_both_apis_answer_503_naming_the_model_and_the_wo
     model = unique_model()
     broken = spawn("broken")
     broken.control(fail_rate=1.0, fail_status=500)
-    worker = register(client, model, broken.url)
+    worker = register_openai(client, model, broken.url)
     openai_reply = client.post("/v1/chat/completions", json={"model": model, **CHAT})
     seed_reply = client.post("/api/v1/chat/completions", json={"model_name": model, "input": "x"})
     assert (openai_reply.status_code, seed_reply.status_code) == (503, 503)
@@ -76,8 +60,8 @@ def test_the_callers_own_mistake_is_relayed_unchanged_and_not_retried(
 ) -> None:
     model = unique_model()
     first, second = spawn("first"), spawn("second")
-    register(client, model, first.url)
-    register(client, model, second.url)
+    register_openai(client, model, first.url)
+    register_openai(client, model, second.url)
     reply = client.post("/v1/chat/completions", json={"model": model, "messages": []})
     assert reply.status_code == 400
     assert reply.json()["error"]["message"] == "messages is required"
@@ -89,15 +73,10 @@ def test_a_retry_after_that_is_no_number_is_ignored(
 ) -> None:
     """`Retry-After: nan` once took a worker out for ever."""
 
-    def answer(n: int) -> Answer:
-        if n == 0:
-            return Answer(429, headers={"Retry-After": "nan"}, body=b"{}")
-        return Answer(body=completion("back"))
-
     model = unique_model()
-    with raw_worker(answer) as odd:
-        register(client, model, odd.url, strategy="round_robin")
-        register(client, model, spawn("spare").url)
+    with raw_worker(back_off_once("nan")) as odd:
+        register_openai(client, model, odd.url, strategy="round_robin")
+        register_openai(client, model, spawn("spare").url)
         texts = [
             client.post("/v1/chat/completions", json={"model": model, **CHAT}).json()["choices"][0][
                 "message"
@@ -114,7 +93,7 @@ def test_a_connection_the_worker_dropped_while_idle_is_sent_again_without_charge
     the next request arrives on it, without announcing it (no `Connection: close`)."""
     model = unique_model()
     with raw_worker(lambda n: Answer(body=completion("ok")), one_request_per_connection=True) as w:
-        worker = register(client, model, w.url)
+        worker = register_openai(client, model, w.url)
         replies = [
             client.post("/v1/chat/completions", json={"model": model, **CHAT}) for _ in range(8)
         ]

@@ -18,8 +18,8 @@ import httpx
 import pytest
 
 from balancer.fakes.processes import HOST, BalancerProcess, WorkerProcess, free_port
-from tests.e2e.conftest import unique_model
-from tests.e2e.rawworker import Answer, completion, raw_worker
+from tests.e2e.conftest import health_of, register_openai, unique_model
+from tests.e2e.rawworker import Answer, back_off_once, completion, raw_worker
 
 CHAT = {"messages": [{"role": "user", "content": "tell me a long story"}]}
 
@@ -47,22 +47,8 @@ def client(limited: BalancerProcess) -> Iterator[httpx.Client]:
         yield c
 
 
-def register(client: httpx.Client, model: str, url: str, **fields: Any) -> str:
-    reply = client.post(
-        "/api/server/register",
-        json={"model_name": model, "api": "openai", "req_url_template": f"{url}/v1", **fields},
-    )
-    assert reply.status_code == 200, reply.text
-    return str(reply.json()["id"])
-
-
 def chat(client: httpx.Client, model: str, **fields: Any) -> httpx.Response:
     return client.post("/v1/chat/completions", json={"model": model, **CHAT, **fields})
-
-
-def status_of(client: httpx.Client, model: str, worker: str) -> str:
-    data = client.get("/api/server/health").json()["data"][model]["workers"]
-    return str(next(w["status"] for w in data if w["id"] == worker))
 
 
 def test_a_generation_longer_than_the_stream_idle_timeout_succeeds_in_one_attempt(
@@ -71,20 +57,20 @@ def test_a_generation_longer_than_the_stream_idle_timeout_succeeds_in_one_attemp
     """A non-streamed answer is bounded by the worker's timeout as a whole (default 600 s),
     not by a socket read timeout: nothing arrives while the model generates."""
     model = unique_model()
-    worker = register(client, model, spawn("thinker", latency=1.2).url)
+    worker = register_openai(client, model, spawn("thinker", latency=1.2).url)
     with ThreadPoolExecutor(3) as pool:
         replies = list(pool.map(lambda _: chat(client, model), range(3)))
     for reply in replies:
         assert reply.status_code == 200, reply.text
         assert reply.headers["X-Balancer-Attempts"] == "1"
-    assert status_of(client, model, worker) != "ejected"
+    assert health_of(client, model, worker)["status"] != "ejected"
 
 
 def test_a_streams_first_chunk_may_take_longer_than_the_idle_timeout(
     client: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
     model = unique_model()
-    register(client, model, spawn("slow-prefill", latency=1.2, chunks=4).url)
+    register_openai(client, model, spawn("slow-prefill", latency=1.2, chunks=4).url)
     reply = chat(client, model, stream=True)
     assert reply.status_code == 200
     assert reply.text.rstrip().endswith("data: [DONE]")
@@ -96,7 +82,7 @@ def test_a_stream_that_stalls_ends_with_an_error_event_after_the_idle_timeout(
     model = unique_model()
     worker = spawn("staller", chunks=8)
     worker.control(stall_after=3)
-    register(client, model, worker.url, timeout=30)
+    register_openai(client, model, worker.url, timeout=30)
     started = time.monotonic()
     reply = chat(client, model, stream=True)
     took = time.monotonic() - started
@@ -113,8 +99,8 @@ def test_a_worker_that_trickles_past_its_timeout_is_left_for_another(
     model = unique_model()
     slow_answer = Answer(body=completion("too slow"), trickle=0.03)  # about 10 s in all
     with raw_worker(lambda n: slow_answer) as trickler:
-        register(client, model, trickler.url, timeout=1, strategy="round_robin")
-        register(client, model, spawn("steady").url)
+        register_openai(client, model, trickler.url, timeout=1, strategy="round_robin")
+        register_openai(client, model, spawn("steady").url)
         started = time.monotonic()
         reply = chat(client, model)
         took = time.monotonic() - started
@@ -130,8 +116,10 @@ def test_the_request_timeout_gives_a_504_during_an_attempt_without_failing_over(
     """The worker's own timeout (30 s) is longer than what is left of the request (2.5 s):
     another worker could not do better, so none is tried, and the slow one is not charged."""
     model = unique_model()
-    slow = register(client, model, spawn("slow", latency=6).url, timeout=30, strategy="round_robin")
-    register(client, model, spawn("fast").url)
+    slow = register_openai(
+        client, model, spawn("slow", latency=6).url, timeout=30, strategy="round_robin"
+    )
+    register_openai(client, model, spawn("fast").url)
     started = time.monotonic()
     reply = chat(client, model)
     took = time.monotonic() - started
@@ -139,8 +127,7 @@ def test_the_request_timeout_gives_a_504_during_an_attempt_without_failing_over(
     assert reply.headers["X-Balancer-Attempts"] == "1"
     assert reply.json()["error"]["code"] == "request_timeout"
     assert 2.4 < took < 4.0
-    health = client.get("/api/server/health").json()["data"][model]["workers"]
-    assert next(w for w in health if w["id"] == slow)["passive_failures"] == 0
+    assert health_of(client, model, slow)["passive_failures"] == 0
 
 
 def test_a_worker_that_cannot_be_connected_to_is_left_after_the_connect_timeout(
@@ -161,8 +148,8 @@ def test_a_worker_that_cannot_be_connected_to_is_left_after_the_connect_timeout(
             filler.connect_ex((HOST, port))
             fillers.append(filler)
         time.sleep(0.2)
-        register(client, model, f"http://{HOST}:{port}", strategy="round_robin")
-        register(client, model, spawn("reachable").url)
+        register_openai(client, model, f"http://{HOST}:{port}", strategy="round_robin")
+        register_openai(client, model, spawn("reachable").url)
         started = time.monotonic()
         reply = chat(client, model)
         took = time.monotonic() - started
@@ -177,15 +164,10 @@ def test_a_worker_that_cannot_be_connected_to_is_left_after_the_connect_timeout(
 def test_a_retry_after_keeps_a_worker_out_no_longer_than_max_retry_after(
     client: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
-    def answer(n: int) -> Answer:
-        if n == 0:
-            return Answer(429, headers={"Retry-After": "3600"}, body=b"{}")
-        return Answer(body=completion("back"))
-
     model = unique_model()
-    with raw_worker(answer) as limited_worker:
-        register(client, model, limited_worker.url, strategy="round_robin")
-        register(client, model, spawn("spare").url)
+    with raw_worker(back_off_once("3600")) as limited_worker:
+        register_openai(client, model, limited_worker.url, strategy="round_robin")
+        register_openai(client, model, spawn("spare").url)
         first = chat(client, model)
         assert first.json()["choices"][0]["message"]["content"].startswith("[spare]")
         time.sleep(1.2)
