@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from balancer import __version__
 from balancer.config import Settings
+from balancer.disconnects import Disconnects
 from balancer.fakes.demo import DEMO_MODEL, DemoWorkers
 from balancer.logging import get_logger
 from balancer.metrics import Metrics
@@ -39,15 +40,16 @@ def create_app(
 ) -> ASGIApp:
     """The balancer as an ASGI app; its parts from `wiring.build` unless given."""
     parts = balancer if balancer is not None else build(settings)
+    disconnects = Disconnects()
     docs = FastAPI(
         title="llm-balancer",
         version=__version__,
-        lifespan=_lifespan(parts, static_workers, demo),
+        lifespan=_lifespan(parts, static_workers, demo, disconnects),
     )
     docs.openapi = lambda: openapi_schema()  # type: ignore[method-assign]
     docs.add_exception_handler(Exception, _not_served)
     docs.add_exception_handler(HTTPException, _not_served)
-    return RequestContextMiddleware(Router(docs, parts))
+    return RequestContextMiddleware(Router(docs, parts, disconnects=disconnects))
 
 
 async def _not_served(request: Request, exc: Exception) -> Response:
@@ -59,7 +61,7 @@ async def _not_served(request: Request, exc: Exception) -> Response:
 
 
 def _lifespan(
-    b: Balancer, static_workers: Sequence[WorkerSpec], demo: bool
+    b: Balancer, static_workers: Sequence[WorkerSpec], demo: bool, disconnects: Disconnects
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +107,7 @@ def _lifespan(
             if demo_workers is not None:
                 await demo_workers.stop()
             await b.forwarder.close()
+            await disconnects.close()
             await b.transport.close()
             await b.store.close()
             log.info("stopped")

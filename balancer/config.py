@@ -43,6 +43,9 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_WORKER_TIMEOUT = 600.0
 DEFAULT_STREAM_IDLE_TIMEOUT = 60.0
 DEFAULT_MAX_RETRY_AFTER = 60.0
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_UPSTREAM_BODY_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_QUEUE = 1000
 
 ENV_PREFIX = "BALANCER_"
 
@@ -81,6 +84,11 @@ class Settings(BaseSettings):
         None,
         description="Bearer token required by register/offline. Unset: only loopback "
         "clients may call them.",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host names, besides loopback ones, that admin calls may "
+        "name in Host while BALANCER_ADMIN_TOKEN is unset (a guard against DNS rebinding).",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -184,6 +192,23 @@ class Settings(BaseSettings):
         ge=0,
         description="Seconds a request waits when every worker is at its max_concurrency.",
     )
+    max_queue: int = Field(
+        DEFAULT_MAX_QUEUE,
+        ge=0,
+        description="Requests of a model that may wait for a worker at its max_concurrency; "
+        "more are answered 503 with Retry-After: 1.",
+    )
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=1,
+        description="Largest request body, in bytes; a larger one is a 413, announced or chunked.",
+    )
+    max_upstream_body_bytes: int = Field(
+        DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+        ge=1,
+        description="Largest non-streamed answer taken from a worker, in bytes after any "
+        "decompression; a larger one fails the attempt (streams are not bounded).",
+    )
     shutdown_grace: float = Field(
         DEFAULT_SHUTDOWN_GRACE,
         ge=0,
@@ -194,7 +219,7 @@ class Settings(BaseSettings):
         "info", description="Lowest level logged."
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -17,6 +17,8 @@ class BalancerError(Exception):
         self.worker = worker
         self.attempts: int | None = None
         """How many workers were tried, when the error ends a forwarded request."""
+        self.retry_after: float | None = None
+        """Seconds after which trying again may succeed: a `Retry-After` header in the reply."""
 
 
 class BadRequest(BalancerError):
@@ -56,9 +58,18 @@ class WorkerNotFound(NotFound):
 
 
 class PayloadTooLarge(BalancerError):
+    """The request body is over BALANCER_MAX_BODY_BYTES; what is left of it is never read, so
+    the reply closes the connection."""
+
     status_code = 413
     openai_type = "invalid_request_error"
     openai_code = "payload_too_large"
+
+
+class UnsupportedMediaType(BalancerError):
+    status_code = 415
+    openai_type = "invalid_request_error"
+    openai_code = "unsupported_media_type"
 
 
 class StoreUnavailable(BalancerError):
@@ -101,7 +112,8 @@ class UpstreamError(BalancerError):
         self.retryable = retryable
         self.upstream_status = upstream_status
         self.reason = reason
-        """A short, bounded label: connect, timeout, reset, http_<status>, invalid_response."""
+        """A short, bounded label: connect, timeout, reset, too_large, http_<status>,
+        invalid_response."""
         self.retry_after = retry_after
         # The caller's own mistake, as the worker judged it, keeps its status: it is relayed.
         if upstream_status is not None and 400 <= upstream_status < 500 and not retryable:

@@ -62,6 +62,9 @@ class AttemptSucceeded:
 
     worker: Worker
     seconds: float
+    answered: bool = True
+    """False for a refusal of the caller's own mistake (a 400, a 422): the worker is alive,
+    but how fast it said no is no measure of how fast it answers."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,11 @@ every line of the log has one format.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import structlog
@@ -23,6 +25,9 @@ _QUIET_LOGGERS = {
 }
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 _SECRET_WORDS = ("authorization", "key", "token", "secret", "password", "cookie")
+_SECRET_PARAMS = ("key", "token", "secret", "password", "sig", "auth")
+_URL_FIELDS = ("url", "req_url_template", "health_url")
+_URL = re.compile(r"https?://[^\s'\"<>]+")
 
 
 def is_secret_header(name: str) -> bool:
@@ -37,6 +42,40 @@ def redact_headers(headers: Mapping[str, str] | None) -> dict[str, str] | None:
     return {k: (REDACTED if is_secret_header(k) else v) for k, v in headers.items()}
 
 
+def redact_url(url: str) -> str:
+    """A URL as people may see it: credentials (`user:pass@`) and the values of query parameters
+    whose name looks like a secret (`key`, `token`, `secret`, `password`, `sig`, `auth`, as part
+    of the name, any case) shown as ***."""
+    if "@" not in url and "?" not in url:
+        return url  # the common case: nothing to hide
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return REDACTED
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = REDACTED + "@" + netloc.rpartition("@")[2]
+    query = parts.query
+    if query:
+        query = "&".join(_redact_param(pair) for pair in query.split("&"))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _redact_param(pair: str) -> str:
+    name, equals, _ = pair.partition("=")
+    lowered = name.lower()
+    if equals and any(word in lowered for word in _SECRET_PARAMS):
+        return f"{name}={REDACTED}"
+    return pair
+
+
+def redact_text(text: str) -> str:
+    """Every URL in a message (a probe's error, say) redacted as `redact_url` does."""
+    if "://" not in text:
+        return text
+    return _URL.sub(lambda match: redact_url(match.group(0)), text)
+
+
 def _redact_event(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
@@ -44,6 +83,14 @@ def _redact_event(
         value = event.get(key)
         if isinstance(value, Mapping):
             event[key] = redact_headers(value)
+    for key in _URL_FIELDS:
+        value = event.get(key)
+        if isinstance(value, str):
+            event[key] = redact_url(value)
+    for key in ("error", "reason", "last_error"):
+        value = event.get(key)
+        if isinstance(value, str):
+            event[key] = redact_text(value)
     return event
 
 

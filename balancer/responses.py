@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
-from balancer.errors import BalancerError
+from balancer.errors import BalancerError, PayloadTooLarge
 from balancer.logging import get_logger
 from balancer.types import ClientApi
 
@@ -57,6 +58,11 @@ def error_reply(api: ClientApi, exc: Exception) -> Response:
             headers["X-Balancer-Attempts"] = str(exc.attempts)
             if exc.worker:
                 headers["X-Balancer-Worker"] = exc.worker  # the last one tried
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(math.ceil(exc.retry_after))
+        if isinstance(exc, PayloadTooLarge):
+            # The rest of the body stays unread: the connection cannot carry another request.
+            headers["Connection"] = "close"
         body = error_body(api, exc.message, exc.openai_type, exc.openai_code)
         return json_response(body, exc.status_code, headers=headers or None)
     if isinstance(exc, HTTPException):

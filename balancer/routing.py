@@ -10,27 +10,36 @@ OpenAPI docs, made from this same table, and answers paths that are not in it.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Body, Query
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer import __version__
+from balancer.auth import check_admin_write, require_admin
+from balancer.disconnects import Disconnects
 from balancer.events import RequestFinished, RequestRecord
+from balancer.forwarding import sse
 from balancer.middleware import CLIENT_CLOSED_REQUEST, request_id_var
 from balancer.responses import error_reply
 from balancer.routes import openai, operategpt, ops, workers
+from balancer.schemas import ERROR_ENVELOPES, OPERATIONS, Operation
 from balancer.types import ClientApi
 from balancer.wiring import Balancer
 
 Method = Literal["GET", "POST"]
+Admin = Literal["", "read", "write"]
 Endpoint = Callable[[Request, Balancer], Awaitable[Response]]
 InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Response]]
 
@@ -46,6 +55,10 @@ class Route:
     api: ClientApi
     """Whose error envelope a failure is answered in."""
     tag: str
+    admin: Admin = ""
+    """`write`: it changes what every client gets, so it passes `auth.check_admin_write`
+    (token or loopback, JSON only, same origin, a known Host) first. `read`: it shows the
+    workers, so it needs the admin token when one is set."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +79,14 @@ ROUTES: tuple[Route | InferenceRoute, ...] = (
     InferenceRoute("POST", "/api/v1/chat/completions", operategpt.chat, "operategpt", "operategpt"),
     Route("GET", "/v1/models", openai.list_models, "openai", "openai"),
     Route("GET", "/v1/models/{model}", openai.retrieve_model, "openai", "openai"),
-    Route("POST", "/api/server/register", workers.register, "operategpt", "registry"),
-    Route("GET", "/api/server/workers", workers.list_workers, "operategpt", "registry"),
-    Route("POST", "/api/server/offline", workers.offline, "operategpt", "registry"),
-    Route("GET", "/api/server/health", workers.health, "operategpt", "registry"),
+    Route(
+        "POST", "/api/server/register", workers.register, "operategpt", "registry", admin="write"
+    ),
+    Route(
+        "GET", "/api/server/workers", workers.list_workers, "operategpt", "registry", admin="read"
+    ),
+    Route("POST", "/api/server/offline", workers.offline, "operategpt", "registry", admin="write"),
+    Route("GET", "/api/server/health", workers.health, "operategpt", "registry", admin="read"),
     Route("GET", "/healthz", ops.healthz, "operategpt", "ops"),
     Route("GET", "/readyz", ops.readyz, "operategpt", "ops"),
     Route("GET", "/metrics", ops.metrics, "operategpt", "ops"),
@@ -89,9 +106,12 @@ class Router:
         fallback: ASGIApp,
         balancer: Balancer,
         routes: tuple[Route | InferenceRoute, ...] = ROUTES,
+        *,
+        disconnects: Disconnects | None = None,
     ) -> None:
         self.fallback = fallback
         self.balancer = balancer
+        self.disconnects = disconnects or Disconnects()
         self._routes: dict[tuple[str, str], Route | InferenceRoute] = {}
         self._methods: dict[str, list[str]] = {}
         # Routes with a parameter are looked at only when no exact path matched.
@@ -143,7 +163,13 @@ class Router:
     async def _serve(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
+            if route.admin == "write":
+                check_admin_write(request, self.balancer.settings)
+            elif route.admin == "read" and self.balancer.settings.admin_token is not None:
+                require_admin(request, self.balancer.settings)
             response = await route.endpoint(request, self.balancer)
+        except ClientDisconnect:
+            return  # gone while it was sending its body: nobody to answer
         except Exception as exc:
             response = error_reply(route.api, exc)
         await response(scope, receive, send)
@@ -155,17 +181,28 @@ class Router:
         # What the client is told, unless it leaves before an answer is ready (then 499, as
         # nginx logs a client that closed its request).
         status = CLIENT_CLOSED_REQUEST
-        request = Request(scope, receive)
+        watch = self.disconnects.watch(receive)
+        request = Request(scope, watch.receive)
         try:
             try:
                 response = await route.endpoint(request, self.balancer, record)
+            except ClientDisconnect:
+                return  # gone while it was sending its body: nobody to answer
             except Exception as exc:
                 response = error_reply(route.api, exc)
+            watch.answering = True
             status = response.status_code
             # A stream that breaks halfway raises out of here, and the server drops the
             # connection: the client must not mistake a cut answer for a whole one.
             await response(scope, receive, send)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            # The client left before its answer started, and `watch` stopped the work for it
+            # (leases are back, no attempt goes on): a quiet end, counted as 499.
+            watch.task.uncancel()
         finally:
+            watch.done()
             # A request whose client left (a cancellation) is counted too.
             finished = self.balancer.events.request_finished
             if finished:
@@ -193,22 +230,73 @@ def _split_parameter(path: str) -> tuple[str, str | None]:
     return head, name[:-1]
 
 
+@functools.cache
 def openapi_schema(routes: tuple[Route | InferenceRoute, ...] = ROUTES) -> dict[str, Any]:
-    """The OpenAPI document of the route table (FastAPI's `/docs` and `/openapi.json`)."""
+    """The OpenAPI document of the route table (FastAPI's `/docs` and `/openapi.json`): each
+    route's body, query parameters and answers as `schemas.OPERATIONS` describes them.
+
+    Made once (it takes tens of milliseconds of CPU, on the event loop): callers share the
+    one document and must not change it."""
     documented = [
         APIRoute(
             route.path,
-            _undocumented_signature,
+            _describing(operation),
             methods=[route.method],
             tags=[route.tag],
             name=route.endpoint.__name__,
             summary=route.endpoint.__name__.replace("_", " ").capitalize(),
             description=route.endpoint.__doc__ or "",
             openapi_extra=_parameter_doc(route.path),
+            response_model=operation.answer,
+            response_class=JSONResponse if operation.answer else PlainTextResponse,
+            responses=_responses(route.api, operation),
         )
         for route in routes
+        for operation in [OPERATIONS.get((route.method, route.path), Operation())]
     ]
     return get_openapi(title="llm-balancer", version=__version__, routes=documented)
+
+
+def _describing(operation: Operation) -> Callable[..., Awaitable[Response]]:
+    """A stand-in endpoint whose signature tells FastAPI the route's body and query
+    parameters; only the document is made from it (the Router serves every route, reading
+    the body itself)."""
+
+    async def describe_only(**_: Any) -> Response:
+        raise NotImplementedError
+
+    parameters = [
+        inspect.Parameter(
+            name,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=None,
+            annotation=Annotated[str, Query(description=description)],
+        )
+        for name, description in operation.query
+    ]
+    if operation.body is not None:
+        body = inspect.Parameter(
+            "body", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[operation.body, Body()]
+        )
+        parameters.append(body)
+    describe_only.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+    return describe_only
+
+
+def _responses(api: ClientApi, operation: Operation) -> dict[int | str, dict[str, Any]]:
+    envelope = ERROR_ENVELOPES[api]
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"model": envelope} for status in operation.errors
+    }
+    responses.update({status: {"model": model} for status, model in operation.other_answers})
+    if operation.answer is not None:
+        # Any other error is in the same envelope. Saying so also keeps FastAPI from
+        # documenting a 422 of its own body validation, which never runs here.
+        responses["default"] = {"model": envelope, "description": "Any other error"}
+    if operation.streams:
+        stream = {"schema": {"type": "string", "description": "Server-sent events"}}
+        responses[200] = {"content": {sse.CONTENT_TYPE: stream}}
+    return responses
 
 
 def _parameter_doc(path: str) -> dict[str, Any] | None:
@@ -217,8 +305,3 @@ def _parameter_doc(path: str) -> dict[str, Any] | None:
         return None
     schema = {"type": "string"}
     return {"parameters": [{"name": parameter, "in": "path", "required": True, "schema": schema}]}
-
-
-async def _undocumented_signature(request: Request) -> Response:
-    # Only describes a route for the schema; the Router serves every route of the table.
-    raise NotImplementedError

@@ -49,13 +49,52 @@ def fill(template: Any, values: Mapping[str, Any]) -> Any:
     return template
 
 
+class UnsafeUrlValue(ValueError):
+    """A value would change a URL's path however it is encoded: a whole segment of dots."""
+
+
 def fill_url(template: str, values: Mapping[str, Any]) -> str:
-    """Replace placeholders in a URL, percent-encoding the values."""
+    """Replace placeholders in a URL's path and query, percent-encoding the values.
+
+    Every character but letters, digits and `-._~` is encoded, so a value stays inside its one
+    path segment or query value: `/`, `?`, `#`, `&`, `=` and `%` included. Placeholders anywhere
+    else (scheme, host, port, fragment) are left as they are: a registration cannot put them
+    there (`misplaced_url_placeholder`). A value that would make a whole path segment `.` or
+    `..` raises UnsafeUrlValue: clients normalise dot segments away even when percent-encoded
+    (aiohttp does), so no encoding keeps them.
+    """
     if "{" not in template:
         return template
-    return _PLACEHOLDER.sub(
-        lambda m: quote(_as_text(values[m[0]]), safe="") if m[0] in values else m[0], template
+    start = _path_start(template)
+    rest, hash_, fragment = template[start:].partition("#")
+    path, question, query = rest.partition("?")
+    filled_path = _fill_quoted(path, values)
+    if filled_path != path:
+        _check_dot_segments(path, filled_path)
+    return (
+        template[:start] + filled_path + question + _fill_quoted(query, values) + hash_ + fragment
     )
+
+
+def misplaced_url_placeholder(template: str) -> str | None:
+    """The part of a URL template outside its path and query that holds a placeholder (the
+    scheme, user info, host, port or fragment), or None."""
+    start = _path_start(template)
+    scheme, sep, authority = template[:start].partition("://")
+    if not sep:
+        # No authority: not an absolute URL, which the URL check itself refuses.
+        return None
+    userinfo, _, host_port = authority.rpartition("@")
+    host, _, port = host_port.partition("]" if host_port.startswith("[") else ":")
+    fragment = template[start:].partition("#")[2]
+    parts = {
+        "scheme": scheme,
+        "user info": userinfo,
+        "host": host,
+        "port": port,
+        "fragment": fragment,
+    }
+    return next((name for name, text in parts.items() if _PLACEHOLDER.search(text)), None)
 
 
 def contains_placeholder(template: Any, placeholder: str) -> bool:
@@ -119,6 +158,34 @@ def _render_path(path: ExtractPath) -> str:
 
 def _as_text(value: Any) -> str:
     return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _path_start(url: str) -> int:
+    """Where the path begins: after `scheme://authority` (the whole length if nothing follows
+    the authority; 0 for a string without `://`)."""
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return 0
+    after = scheme_end + 3
+    ends = [i for i in (url.find(c, after) for c in "/?#") if i >= 0]
+    return min(ends, default=len(url))
+
+
+def _fill_quoted(text: str, values: Mapping[str, Any]) -> str:
+    if "{" not in text:
+        return text
+    return _PLACEHOLDER.sub(
+        lambda m: quote(_as_text(values[m[0]]), safe="") if m[0] in values else m[0], text
+    )
+
+
+def _check_dot_segments(template_path: str, filled_path: str) -> None:
+    # Encoded values hold no "/", so both paths have the same segments, one for one.
+    for before, after in zip(template_path.split("/"), filled_path.split("/"), strict=True):
+        if after != before and after.lower().replace("%2e", ".") in (".", ".."):
+            raise UnsafeUrlValue(
+                f"a value would fill a whole path segment with {after!r}, which changes the path"
+            )
 
 
 _MISSING = object()

@@ -61,6 +61,7 @@ def build(
         max_retries=settings.max_retries,
         request_timeout=settings.request_timeout,
         queue_timeout=settings.queue_timeout,
+        max_queue=settings.max_queue,
         worker_timeout=settings.worker_timeout,
         max_retry_after=settings.max_retry_after,
         budget=lambda: RetryBudget(
@@ -89,6 +90,7 @@ def build(
         else AiohttpTransport(
             connect_timeout=settings.connect_timeout,
             stream_idle_timeout=settings.stream_idle_timeout,
+            max_body_bytes=settings.max_upstream_body_bytes,
         ),
         forwarder=forwarder,
         monitor=monitor,

@@ -15,7 +15,7 @@ from balancer.events import (
     HealthSource,
     Probed,
 )
-from balancer.logging import get_logger
+from balancer.logging import get_logger, redact_text, redact_url
 from balancer.registry import Worker, WorkerRegistry
 from balancer.types import Clock
 from probes.checks import ProbeResult
@@ -97,14 +97,14 @@ class HealthMonitor:
         latency = health.last_probe_latency_ms
         return {
             "id": worker.id,
-            "req_url_template": worker.spec.req_url_template,
+            "req_url_template": redact_url(worker.spec.req_url_template),
             "status": health.status,
             "since": self.wall_time(health.since),
             "consecutive_failures": health.consecutive_failures,
             "passive_failures": health.passive_failures,
             "last_probe_at": self.wall_time(health.last_probe_at),
             "last_probe_latency_ms": None if latency is None else round(latency, 3),
-            "last_error": health.last_error,
+            "last_error": health.last_error and redact_text(health.last_error),
             "ejections": health.ejections,
             "ejection_multiplier": health.ejection_multiplier(self.clock()),
             "ejection_reason": health.ejection_reason,

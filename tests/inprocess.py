@@ -53,7 +53,7 @@ class InProcess:
         http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=self.app))
         self._sdk_clients.append(http)
         return openai.AsyncOpenAI(
-            base_url="http://balancer/v1", api_key=api_key, max_retries=0, http_client=http
+            base_url="http://127.0.0.1/v1", api_key=api_key, max_retries=0, http_client=http
         )
 
     async def aclose(self) -> None:
@@ -64,7 +64,7 @@ class InProcess:
         """Another client of the same app, calling from `host` (the loopback one is `client`)."""
         assert self.app is not None
         asgi = httpx.ASGITransport(app=self.app, client=(host, 40000))
-        return httpx.AsyncClient(transport=asgi, base_url="http://balancer")
+        return httpx.AsyncClient(transport=asgi, base_url="http://127.0.0.1")
 
     def worker(self, name: str, **behaviour: Any) -> str:
         """A fake worker; returns its base URL (http://<name>)."""
@@ -133,7 +133,7 @@ async def in_process(
     app = create_app(config, balancer=parts, static_workers=static_workers or [])
     async with LifespanManager(app):
         asgi = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=asgi, base_url="http://balancer") as client:
+        async with httpx.AsyncClient(transport=asgi, base_url="http://127.0.0.1") as client:
             started = InProcess(fleet, parts, client, app)
             try:
                 yield started

@@ -82,6 +82,17 @@ async def test_reading_the_registry_needs_no_token(lb: InProcess) -> None:
             assert (await remote.get(path)).status_code == 200, path
 
 
+async def test_with_a_token_reading_the_workers_and_their_health_needs_it_too() -> None:
+    """The listing and the health view show every worker: with a token, they are admin calls."""
+    async with in_process(admin_token="t0ken") as lb:
+        for path in ("/api/server/workers", "/api/server/health"):
+            assert (await lb.client.get(path)).status_code == 401, path
+            authorized = await lb.client.get(path, headers={"Authorization": "Bearer t0ken"})
+            assert authorized.status_code == 200, path
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await lb.client.get(path)).status_code == 200, path
+
+
 async def test_without_a_token_start_up_warns_that_admin_is_loopback_only() -> None:
     with structlog.testing.capture_logs() as logs:
         async with in_process():

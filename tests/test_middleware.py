@@ -149,7 +149,7 @@ async def test_an_inference_call_is_one_access_line_with_its_model_and_worker(
     ("method", "path", "status"),
     [
         ("GET", "/api/server/workers", 200),
-        ("POST", "/api/server/offline", 400),
+        ("POST", "/api/server/offline", 415),
         ("GET", "/v1/models/extra", 404),
         ("PUT", "/v1/models", 405),
     ],

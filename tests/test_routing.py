@@ -40,7 +40,8 @@ async def test_every_route_of_the_table_is_served(lb: InProcess, route: Route) -
         reply = await lb.client.get(route.path.replace("{model}", "some/model"))
         assert reply.status_code == 200, reply.text
     else:
-        reply = await lb.client.post(route.path, content=b"")
+        json_header = {"Content-Type": "application/json"}
+        reply = await lb.client.post(route.path, content=b"", headers=json_header)
         assert reply.status_code == 400, reply.text
         assert envelope_of(reply.json()) == route.api
         assert "request body is empty" in reply.text

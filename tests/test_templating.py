@@ -6,10 +6,12 @@ import pytest
 
 from balancer.templating import (
     ExtractError,
+    UnsafeUrlValue,
     as_result_text,
     extract,
     fill,
     fill_url,
+    misplaced_url_placeholder,
     parse_extract_path,
 )
 
@@ -84,3 +86,83 @@ def test_a_missing_path_names_where_it_stopped() -> None:
 def test_invalid_paths_are_rejected(bad: str) -> None:
     with pytest.raises(ValueError, match="invalid segment"):
         parse_extract_path(bad)
+
+
+HOSTILE = "../../admin?x=1#f"
+
+
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("http://h/gen?q={USER_PROMPT}", "http://h/gen?q=..%2F..%2Fadmin%3Fx%3D1%23f"),
+        ("http://h/gen/{USER_PROMPT}/x", "http://h/gen/..%2F..%2Fadmin%3Fx%3D1%23f/x"),
+        ("http://h/gen/{USER_PROMPT}", "http://h/gen/..%2F..%2Fadmin%3Fx%3D1%23f"),
+        ("http://h?q={USER_PROMPT}", "http://h?q=..%2F..%2Fadmin%3Fx%3D1%23f"),
+    ],
+)
+def test_a_filled_value_stays_inside_one_path_segment_or_query_value(
+    template: str, expected: str
+) -> None:
+    """`/`, `?`, `#`, `&`, `=` of a prompt are percent-encoded: it cannot add a segment, start a
+    query or a fragment, or add a query parameter."""
+    assert fill_url(template, {**VALUES, "{USER_PROMPT}": HOSTILE}) == expected
+
+
+def test_a_percent_in_a_value_is_encoded_too() -> None:
+    """An already encoded value arrives as it was written, not decoded once more."""
+    url = fill_url("http://h/g/{USER_PROMPT}", {**VALUES, "{USER_PROMPT}": "%2e%2e%2F"})
+    assert url == "http://h/g/%252e%252e%252F"
+
+
+@pytest.mark.parametrize(
+    ("template", "prompt"),
+    [
+        ("http://h/g/{USER_PROMPT}", "."),
+        ("http://h/g/{USER_PROMPT}", ".."),
+        ("http://h/g/{USER_PROMPT}/x", ".."),
+        ("http://h/g/%2E{USER_PROMPT}", "."),
+    ],
+)
+def test_a_value_that_would_make_a_whole_dot_segment_is_refused(template: str, prompt: str) -> None:
+    """HTTP clients (aiohttp among them) remove `.` and `..` segments, percent-encoded ones
+    too, so no encoding keeps them: such a value is refused."""
+    with pytest.raises(UnsafeUrlValue, match="changes the path"):
+        fill_url(template, {**VALUES, "{USER_PROMPT}": prompt})
+
+
+def test_dots_are_fine_inside_a_segment_and_in_the_query() -> None:
+    values = {**VALUES, "{USER_PROMPT}": ".."}
+    assert fill_url("http://h/g/v{USER_PROMPT}?q={USER_PROMPT}", values) == "http://h/g/v..?q=.."
+    assert fill_url("http://h/g/{USER_PROMPT}{USER_PROMPT}", values) == "http://h/g/...."
+
+
+def test_dot_segments_the_template_itself_has_are_left_to_it() -> None:
+    assert fill_url("http://h/a/../g?q={USER_PROMPT}", VALUES) == "http://h/a/../g?q=hello"
+
+
+def test_placeholders_outside_the_path_and_query_are_not_filled() -> None:
+    """A registration cannot put them there; were one stored, the prompt still could not
+    choose the host."""
+    url = fill_url("http://{USER_PROMPT}:{MODEL_NAME}/g#{USER_PROMPT}", VALUES)
+    assert url == "http://{USER_PROMPT}:{MODEL_NAME}/g#{USER_PROMPT}"
+
+
+@pytest.mark.parametrize(
+    ("template", "part"),
+    [
+        ("{USER_PROMPT}://h/g", "scheme"),
+        ("http://{USER_PROMPT}/g", "host"),
+        ("http://api.{MODEL_NAME}.example/g", "host"),
+        ("http://h{USER_PROMPT}", "host"),
+        ("http://h:{MODEL_TEMPERATURE}/g", "port"),
+        ("http://[::1]:{MODEL_NAME}/g", "port"),
+        ("http://{USER_PROMPT}@h/g", "user info"),
+        ("http://h/g#{USER_PROMPT}", "fragment"),
+        ("http://h/g/{USER_PROMPT}?q={MODEL_NAME}", None),
+        ("http://h?q={USER_PROMPT}", None),
+        ("http://[::1]:8000/{USER_PROMPT}", None),
+        ("http://h:8000/g", None),
+    ],
+)
+def test_misplaced_url_placeholder_names_the_part(template: str, part: str | None) -> None:
+    assert misplaced_url_placeholder(template) == part

@@ -50,7 +50,7 @@ class Deadlines:
 
 
 class Limit:
-    __slots__ = ("_owner", "expired", "seconds", "task", "until")
+    __slots__ = ("_cancelling", "_owner", "expired", "seconds", "task", "until")
 
     def __init__(self, owner: Deadlines, seconds: float) -> None:
         self._owner = owner
@@ -61,6 +61,7 @@ class Limit:
         task = asyncio.current_task()
         assert task is not None, "a time limit needs a task to cancel"
         self.task = task
+        self._cancelling = task.cancelling()
         self.until = asyncio.get_running_loop().time() + self.seconds
         self._owner._watch(self)
         return self
@@ -73,6 +74,11 @@ class Limit:
     ) -> None:
         # No await between the body's end and here: a sweep cannot cancel us after it.
         del self._owner._watched[self]
-        if self.expired and kind is asyncio.CancelledError:
-            self.task.uncancel()
+        # Our cancellation becomes a TimeoutError; one that came from elsewhere in the same
+        # moment (a shutdown, a client gone) stays a cancellation, as asyncio.timeout does.
+        if (
+            self.expired
+            and kind is asyncio.CancelledError
+            and self.task.uncancel() <= self._cancelling
+        ):
             raise TimeoutError from error

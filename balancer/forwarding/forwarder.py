@@ -18,11 +18,13 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 import structlog
 
 from balancer.config import (
+    DEFAULT_MAX_QUEUE,
     DEFAULT_MAX_RETRIES,
     DEFAULT_MAX_RETRY_AFTER,
     DEFAULT_QUEUE_TIMEOUT,
@@ -51,6 +53,9 @@ T = TypeVar("T")
 Attempt = Callable[[Lease], Awaitable[T]]
 log = get_logger("balancer.forwarding")
 
+QUEUE_FULL_RETRY_AFTER = 1.0
+"""Seconds a client refused because its model's line is full is told to wait (Retry-After)."""
+
 
 @dataclass(slots=True)
 class Served(Generic[T]):
@@ -64,6 +69,7 @@ class _Unserved:
     attempts: int
     last: UpstreamError | None
     reason: str
+    retry_after: float | None = None
 
 
 class Forwarder:
@@ -76,6 +82,7 @@ class Forwarder:
         max_retries: int = DEFAULT_MAX_RETRIES,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         queue_timeout: float = DEFAULT_QUEUE_TIMEOUT,
+        max_queue: int = DEFAULT_MAX_QUEUE,
         worker_timeout: float = DEFAULT_WORKER_TIMEOUT,
         max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
         budget: Callable[[], RetryBudget] = RetryBudget,
@@ -92,7 +99,7 @@ class Forwarder:
         self.clock = clock
         self._new_budget = budget
         self._budgets: dict[str, RetryBudget] = {}
-        self._capacity = CapacityQueue()
+        self._capacity = CapacityQueue(max_queue)
         self._deadlines = Deadlines()
 
     def workers_of(self, model: str) -> list[Worker]:
@@ -144,6 +151,7 @@ class Forwarder:
             )
         else:
             error = NoWorkerAvailable("; ".join(why), model=model)
+            error.retry_after = outcome.retry_after
         error.worker = last.worker if last else None
         error.attempts = attempts
         raise error
@@ -170,18 +178,36 @@ class Forwarder:
             choice = self.selector.choose(
                 model, workers, exclude=tried, accept=accept, strategy=strategy
             )
+            if choice.why == "at_capacity":
+                again = partial(
+                    self.selector.choose,
+                    model,
+                    workers,
+                    exclude=tried,
+                    accept=accept,
+                    strategy=strategy,
+                )
+                queued = await self._wait_for_capacity(model, again, queue_deadline)
+                if queued is None:
+                    return _Unserved(
+                        len(tried),
+                        last,
+                        "every worker is at its max_concurrency and the queue is full "
+                        f"({self._capacity.max_waiting} waiting, BALANCER_MAX_QUEUE)",
+                        retry_after=QUEUE_FULL_RETRY_AFTER,
+                    )
+                choice = queued
             worker = choice.worker
             if worker is None:
-                if choice.why == "at_capacity" and await self._wait_for_capacity(
-                    model, queue_deadline
-                ):
-                    continue
                 return _Unserved(len(tried), last, _why_none(workers, choice, last))
             now = self.clock()
             if now >= deadline:
+                # The free slot this request chose (perhaps woken for) goes to the next in line.
+                self._capacity.released(worker)
                 return _Unserved(len(tried), last, "the request timeout passed")
             if tried:
                 if not budget.try_withdraw(now):
+                    self._capacity.released(worker)
                     log.warning("retry_budget_exhausted", model=model)
                     return _Unserved(
                         len(tried),
@@ -254,7 +280,7 @@ class Forwarder:
             else:
                 # The worker answered, with a client error of the caller's making: it is alive
                 # and no slower for it.
-                lease.succeeded()
+                lease.succeeded(answered=False)
             raise
         finally:
             # Cancellation (the client left) lands here too: the slot is freed either way,
@@ -265,14 +291,36 @@ class Forwarder:
             lease.succeeded()
         return value
 
-    async def _wait_for_capacity(self, model: str, until: float) -> bool:
-        """Wait until a slot of the model frees up; False once `until` has passed."""
+    async def _wait_for_capacity(
+        self, model: str, choose: Callable[[], Choice], until: float
+    ) -> Choice | None:
+        """Wait in the model's line until `choose` gets a worker, finds none for another
+        reason than capacity, or `until` passes; None when the line is full. The wait is
+        observed once, however many wake-ups it took."""
+        choice = Choice(None, why="at_capacity")
         started = self.clock()
         if until <= started:
-            return False
+            return choice
+        place = self._capacity.join(model)
+        if place is None:
+            return None
         try:
-            return await self._capacity.wait(model, until - started)
+            while (left := until - self.clock()) > 0:
+                freed = await place.wait(left)
+                if freed is None:
+                    break
+                choice = choose()
+                if choice.worker is None and not freed.at_capacity:
+                    # The freed slot is one this request cannot use (a worker it tried, or
+                    # one of the wrong API): the next in line may.
+                    place.pass_on(freed)
+                if choice.why != "at_capacity":
+                    return choice
+                # Else a request that arrived as the slot was freed took it: wait on, first.
+            return choice
         finally:
+            # Served, given up or cancelled (the client left): out of the line either way.
+            place.leave()
             if self.events.queued:
                 self.events.queued.send(Queued(model, self.clock() - started))
 

@@ -22,6 +22,7 @@ class Lease:
         "_events",
         "_on_release",
         "_released",
+        "answered",
         "detached",
         "record",
         "started",
@@ -46,21 +47,29 @@ class Lease:
         self.started = clock()
         self.detached = False
         """Set once a stream took the lease over from its attempt: the stream releases it."""
+        self.answered = True
+        """Cleared when the worker's answer is a refusal of the caller's own mistake (a 400, a
+        422), relayed as it is: alive, but no measure of its speed."""
         self._released = False
         if events.attempt_started:
             events.attempt_started.send(AttemptStarted(worker))
 
-    def succeeded(self) -> None:
+    def succeeded(self, *, answered: bool | None = None) -> None:
         """The worker answered: record the time since the attempt started (to the first byte
-        for streams, the whole call otherwise)."""
+        for streams, the whole call otherwise). `answered=False` (default: the lease's own
+        `answered`): it refused the caller's own mistake, which says it is alive but nothing of
+        its speed."""
+        if answered is None:
+            answered = self.answered
         seconds = self._clock() - self.started
-        self.worker.latency_ms = seconds * 1000.0
+        if answered:
+            self.worker.latency_ms = seconds * 1000.0
         record = self.record
         record.upstream_seconds += seconds
         record.worker = self.worker.id
         record.generation_seconds = seconds  # a stream replaces it when it ends
         if self._events.attempt_succeeded:
-            self._events.attempt_succeeded.send(AttemptSucceeded(self.worker, seconds))
+            self._events.attempt_succeeded.send(AttemptSucceeded(self.worker, seconds, answered))
 
     def failed(self, error: UpstreamError) -> None:
         seconds = self._clock() - self.started

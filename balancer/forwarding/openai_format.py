@@ -193,9 +193,12 @@ def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(
+        texts = [
             part.get("text", "")
             for part in content
             if isinstance(part, dict) and part.get("type") == "text"
-        )
+        ]
+        if not all(isinstance(text, str) for text in texts):
+            raise ValueError("a text content part's text must be a string")
+        return "".join(texts)
     raise ValueError("message content must be a string or an array of content parts")

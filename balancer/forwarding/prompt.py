@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 
-from balancer.errors import UpstreamError
+from balancer.errors import BadRequest, UpstreamError
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.openai_format import estimate_tokens, usage_counts
 from balancer.forwarding.transport import Transport
@@ -21,6 +21,7 @@ from balancer.templating import (
     MODEL_TEMPERATURE,
     USER_PROMPT,
     ExtractError,
+    UnsafeUrlValue,
     as_result_text,
     extract,
     fill,
@@ -51,14 +52,24 @@ class TemplateRequest:
 
 
 def template_request(worker: Worker, prompt: str, temperature: float | None) -> TemplateRequest:
-    """The request a template worker gets for a prompt: its templates filled afresh."""
+    """The request a template worker gets for a prompt: its templates filled afresh.
+
+    Raises BadRequest when the prompt would change the URL's path (see `fill_url`)."""
     spec = worker.spec
     values: dict[str, Any] = {
         USER_PROMPT: prompt,
         MODEL_NAME: spec.target_model,
         MODEL_TEMPERATURE: DEFAULT_TEMPERATURE if temperature is None else temperature,
     }
-    url = fill_url(spec.req_url_template, values)
+    try:
+        url = fill_url(spec.req_url_template, values)
+    except UnsafeUrlValue as exc:
+        # The prompt's own doing (a GET template's prompt of "." or ".."): no worker is to blame.
+        raise BadRequest(
+            f"the request cannot be sent to worker {worker.id}: {exc}",
+            model=worker.model,
+            worker=worker.id,
+        ) from None
     if spec.req_type == "GET" or spec.body is None:
         return TemplateRequest(spec.req_type, url, None, None)
     filled = fill(spec.body, values)

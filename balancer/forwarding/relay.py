@@ -83,7 +83,9 @@ async def relay_openai(
         data = await reply.read()
         if reply.status in RETRYABLE_STATUS:
             raise reply.status_failure(data)
-        # Other client errors (400, 401, 404, ...) are the upstream's word: relay them unchanged.
+        # The caller's own mistakes (400, 422, ...) are the worker's word: relayed unchanged.
+        if reply.status >= 300:
+            lease.answered = False
         if reply.status == 200:
             _record_usage(lease.record, payload, data)
             if rename is not None:

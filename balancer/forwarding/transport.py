@@ -7,6 +7,7 @@ httpx's default transport (whose pool walks every connection on each request).
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar
@@ -14,13 +15,18 @@ from typing import Any, Literal, Protocol
 
 import aiohttp
 
-from balancer.config import DEFAULT_CONNECT_TIMEOUT, DEFAULT_STREAM_IDLE_TIMEOUT
+from balancer.config import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_MAX_UPSTREAM_BODY_BYTES,
+    DEFAULT_STREAM_IDLE_TIMEOUT,
+)
 
-FailureKind = Literal["connect", "timeout", "reset"]
+FailureKind = Literal["connect", "timeout", "reset", "too_large"]
 
 
 class TransportError(Exception):
-    """The worker could not be reached or stopped answering; always worth trying elsewhere."""
+    """The worker could not be reached, stopped answering, or sent a larger answer than we
+    take; always worth trying elsewhere."""
 
     def __init__(self, kind: FailureKind, message: str) -> None:
         super().__init__(message)
@@ -33,7 +39,7 @@ class UpstreamResponse(Protocol):
     headers: Mapping[str, str]
 
     async def read(self) -> bytes:
-        """The whole body; raises TransportError."""
+        """The whole body; raises TransportError (`too_large` past the transport's limit)."""
         ...
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -57,7 +63,8 @@ class Transport(Protocol):
         """Send a request and return once the response headers arrived.
 
         How long a whole answer may take is the caller's to bound (the attempt's time limit);
-        the transport bounds connecting, and the gaps between chunks once a stream has started.
+        the transport bounds connecting, the gaps between chunks once a stream has started,
+        and the size of a whole answer (not of a stream: generations may be long).
         """
         ...
 
@@ -89,19 +96,40 @@ class _Connector(aiohttp.TCPConnector):
 
 
 class _AiohttpResponse:
-    __slots__ = ("_idle_timeout", "_resp", "headers", "status")
+    __slots__ = ("_idle_timeout", "_max_body_bytes", "_resp", "headers", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, idle_timeout: float) -> None:
+    def __init__(
+        self, resp: aiohttp.ClientResponse, idle_timeout: float, max_body_bytes: int
+    ) -> None:
         self._resp = resp
         self._idle_timeout = idle_timeout
+        self._max_body_bytes = max_body_bytes
         self.status = resp.status
         self.headers: Mapping[str, str] = resp.headers
 
     async def read(self) -> bytes:
+        # Read as it arrives, not with `resp.read()`, which holds whatever comes: aiohttp
+        # decompresses a little at a time as it is read, so a small gzip bomb cannot expand
+        # past the limit in memory, and neither can an answer that never ends.
+        content = self._resp.content
+        limit = self._max_body_bytes
+        chunks = []
+        size = 0
         try:
-            return await self._resp.read()
+            while chunk := await content.readany():
+                size += len(chunk)
+                if size > limit:
+                    break
+                chunks.append(chunk)
         except Exception as exc:
             raise _translate(exc) from exc
+        if size > limit:
+            self._resp.close()  # the connection goes, with the rest of the answer
+            raise TransportError(
+                "too_large",
+                f"the answer is larger than {limit} bytes (BALANCER_MAX_UPSTREAM_BODY_BYTES)",
+            )
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         idle = True
@@ -140,8 +168,10 @@ class AiohttpTransport:
         *,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         stream_idle_timeout: float = DEFAULT_STREAM_IDLE_TIMEOUT,
+        max_body_bytes: int = DEFAULT_MAX_UPSTREAM_BODY_BYTES,
     ) -> None:
         self.stream_idle_timeout = stream_idle_timeout
+        self.max_body_bytes = max_body_bytes
         self._timeout = aiohttp.ClientTimeout(total=None, connect=connect_timeout)
         self._session: aiohttp.ClientSession | None = None
         self._fresh: aiohttp.ClientSession | None = None
@@ -187,7 +217,7 @@ class AiohttpTransport:
                 raise _translate(again) from again
         except Exception as exc:
             raise _translate(exc) from exc
-        return _AiohttpResponse(resp, self.stream_idle_timeout)
+        return _AiohttpResponse(resp, self.stream_idle_timeout, self.max_body_bytes)
 
     async def close(self) -> None:
         for session in (self._session, self._fresh):
@@ -205,7 +235,10 @@ def _translate(exc: BaseException) -> BaseException:
         return TransportError("timeout", "the worker stopped sending (stream idle timeout)")
     # The messages reach clients: they say what happened, not where (no address, no URL).
     if isinstance(exc, aiohttp.ClientConnectorError):
-        reason = exc.os_error.strerror or type(exc.os_error).__name__
+        errno = exc.os_error.errno
+        # The errno's own words: asyncio's strerror names the address ("Connect call failed
+        # ('10.0.0.5', 8000)"), and clients get this message.
+        reason = os.strerror(errno) if errno else type(exc.os_error).__name__
         return TransportError("connect", f"cannot connect to the worker: {reason}")
     if isinstance(exc, aiohttp.InvalidURL):
         return TransportError("connect", "the worker's URL is not valid")

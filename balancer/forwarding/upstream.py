@@ -9,6 +9,9 @@ they reach clients, and a URL may carry credentials.
 - 401, 403, 404, 405, 408, 3xx and every 5xx (the worker cannot serve): tried elsewhere, and the
   worker is charged (its latency estimate and health, like a connect error);
 - 400, 413, 422 and every other 4xx (the caller's own mistake): relayed unchanged, not charged.
+
+A whole answer larger than BALANCER_MAX_UPSTREAM_BODY_BYTES (the transport stops reading it) is
+tried elsewhere and charged, as a broken answer is; a stream is not bounded.
 """
 
 from __future__ import annotations

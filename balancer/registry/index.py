@@ -129,10 +129,11 @@ class WorkerRegistry:
         version = await self.store.version()
         if version == self._seen_version:
             return False
-        # Read before the snapshot: a commit in between moves it again, and the next call
-        # reloads.
-        self._seen_version = version
+        # Read before the snapshot (a commit in between moves it again, and the next call
+        # reloads), and taken as seen only once the snapshot is in: a load that fails is tried
+        # again by the next call.
         stored = await self.store.load()
+        self._seen_version = version
         wanted = {row.spec.worker_id: row for row in stored}
         for worker in [w for wid, w in self._by_id.items() if wid not in wanted]:
             self._drop(worker)

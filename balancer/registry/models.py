@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -11,17 +12,29 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from balancer.errors import BadRequest
-from balancer.logging import redact_headers
+from balancer.logging import redact_headers, redact_text, redact_url
 from balancer.templating import (
+    MODEL_NAME,
+    MODEL_TEMPERATURE,
     USER_PROMPT,
     ExtractPath,
+    UnsafeUrlValue,
     contains_placeholder,
+    fill_url,
+    misplaced_url_placeholder,
     parse_extract_path,
 )
 from balancer.types import Api, Strategy, WorkerStatus
 from probes.health import HealthPolicy, WorkerHealth
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding", "host", "connection"})
+"""Headers that say where a request goes and where it ends: only the balancer sets them."""
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""RFC 9110's token."""
+_BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Control characters (CR and LF among them) other than horizontal tab."""
 
 # Fields the OperateGPT WorkerConnection accepted that mean nothing here; accepted so existing
 # OperateGPT clients keep working.
@@ -76,12 +89,47 @@ class WorkerSpec(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
+    @field_validator("req_url_template")
+    @classmethod
+    def _placeholders_in_path_or_query(cls, value: str) -> str:
+        # Declared before `_http_url`, so it runs first: "not a valid URL" would say less about
+        # a placeholder in the port.
+        part = misplaced_url_placeholder(value)
+        if part is not None:
+            raise ValueError(
+                f"a placeholder may only fill the URL's path or query, not its {part}: "
+                "the prompt must not choose where it is sent"
+            )
+        return value
+
     @field_validator("req_url_template", "health_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None:
             normalise_url(value)  # raises ValueError with the reason
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _headers(cls, data: Any) -> Any:
+        # Before the fields, and with no field location, so that the error does not quote the
+        # header values back (they may be keys); the type check of `header` comes after.
+        headers = data.get("header") if isinstance(data, dict) else None
+        if not isinstance(headers, dict):
+            return data
+        for name, value in headers.items():
+            if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"header: {name!r} is not a valid header name")
+            if name.lower() in FRAMING_HEADERS:
+                raise ValueError(
+                    f"header: {name} cannot be registered: the balancer sets it on each "
+                    "request, as it frames the request on the wire"
+                )
+            if isinstance(value, str) and _BAD_HEADER_VALUE.search(value):
+                raise ValueError(
+                    f"header: the value of {name} contains CR, LF or another control character"
+                )
+        return data
 
     @field_validator("weight", "timeout")
     @classmethod
@@ -107,6 +155,16 @@ class WorkerSpec(BaseModel):
                 'where the prompt goes, e.g. "body": {"input": "{USER_PROMPT}"}; '
                 'for an OpenAI-compatible server register with "api": "openai"'
             )
+        return self
+
+    @model_validator(mode="after")
+    def _model_name_keeps_the_path(self) -> WorkerSpec:
+        if self.api == "template" and MODEL_NAME in self.req_url_template:
+            values = {MODEL_NAME: self.target_model, USER_PROMPT: "x", MODEL_TEMPERATURE: 0.0}
+            try:
+                fill_url(self.req_url_template, values)
+            except UnsafeUrlValue as exc:
+                raise ValueError(f"req_url_template with this model name: {exc}") from None
         return self
 
     @model_validator(mode="after")
@@ -151,7 +209,7 @@ def describe_validation_error(exc: ValidationError) -> str:
             parts.append(f"{loc}: {msg} (got {error.get('input')!r})")
         else:
             parts.append(error["msg"].removeprefix("Value error, "))
-    return "invalid worker registration: " + "; ".join(parts)
+    return redact_text("invalid worker registration: " + "; ".join(parts))
 
 
 def normalise_url(url: str) -> str:
@@ -227,7 +285,7 @@ class Worker:
         return {
             "id": self.id,
             "model_name": spec.model_name,
-            "req_url_template": spec.req_url_template,
+            "req_url_template": redact_url(spec.req_url_template),
             "api": spec.api,
             "owner": spec.owner,
             "weight": spec.weight,
@@ -238,7 +296,7 @@ class Worker:
             "upstream_model": spec.target_model if spec.api == "openai" else None,
             "response_extract": spec.response_extract,
             "header": redact_headers(spec.header),
-            "health_url": spec.health_url,
+            "health_url": spec.health_url and redact_url(spec.health_url),
             "timeout": spec.timeout,
             "probe": spec.probe,
             "max_concurrency": spec.max_concurrency,

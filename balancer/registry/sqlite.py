@@ -7,6 +7,7 @@ it lacks, in order, in one transaction (docs/store.md).
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -17,12 +18,15 @@ from typing import TypeVar
 import orjson
 from pydantic import ValidationError
 
+from balancer.config import ConfigError
 from balancer.logging import get_logger
 from balancer.registry.models import WorkerSpec
 from balancer.registry.store import SchemaTooNew, StoredWorker
 
 T = TypeVar("T")
 
+MIN_SQLITE = (3, 35, 0)
+"""For `INSERT ... RETURNING` (Debian 12, Ubuntu 22.04 and Python's own builds have it)."""
 log = get_logger("balancer.registry")
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -91,9 +95,18 @@ class SQLiteStore:
         return await asyncio.get_running_loop().run_in_executor(self._executor, call)
 
     async def open(self) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            raise ConfigError(
+                f"the SQLite store needs SQLite {'.'.join(map(str, MIN_SQLITE))} or newer "
+                f"(RETURNING); this Python has {sqlite3.sqlite_version}"
+            )
+
         def connect() -> None:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                # It holds the workers' keys: readable by its owner only (SQLite gives its -wal
+                # and -shm files the same mode).
+                os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 conn.execute("PRAGMA busy_timeout=5000")

@@ -75,7 +75,7 @@ async def _forward(
     from_template: TemplateAnswer | None,
 ) -> Response:
     require_api_key(request, balancer.settings)
-    raw, data = await read_json_object(request)
+    raw, data = await read_json_object(request, balancer.settings.max_body_bytes)
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required and must be a non-empty string")

@@ -17,7 +17,7 @@ from balancer.wiring import Balancer
 async def chat(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
     """A prompt answered by a worker of the model, template or OpenAI-compatible."""
     require_api_key(request, balancer.settings)
-    _, data = await read_json_object(request)
+    _, data = await read_json_object(request, balancer.settings.max_body_bytes)
     prompt = required_string(data, "input")
     model = required_string(data, "model_name")
     temperature = optional_number(data, "temperature")

@@ -5,8 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from balancer.auth import require_admin
-from balancer.logging import get_logger
+from balancer.logging import get_logger, redact_url
 from balancer.registry import parse_spec
 from balancer.responses import json_response
 from balancer.routes.body import read_json_object, required_string
@@ -17,8 +16,7 @@ log = get_logger("balancer.admin")
 
 async def register(request: Request, balancer: Balancer) -> Response:
     """Add a worker, or update it when (model_name, normalised req_url_template) is known."""
-    require_admin(request, balancer.settings)
-    _, data = await read_json_object(request)
+    _, data = await read_json_object(request, balancer.settings.max_body_bytes)
     spec = parse_spec(data)
     worker, created = await balancer.registry.register(spec)
     log.info(
@@ -49,8 +47,7 @@ async def list_workers(request: Request, balancer: Balancer) -> Response:
 
 async def offline(request: Request, balancer: Balancer) -> Response:
     """Remove a worker; requests it is serving finish normally."""
-    require_admin(request, balancer.settings)
-    _, data = await read_json_object(request)
+    _, data = await read_json_object(request, balancer.settings.max_body_bytes)
     model = required_string(data, "model_name")
     url = required_string(data, "req_url_template")
     worker = await balancer.registry.remove(model, url)
@@ -58,7 +55,7 @@ async def offline(request: Request, balancer: Balancer) -> Response:
     return json_response(
         {
             "success": True,
-            "msg": f"remove llm worker(model_name={model}, url={url}) succeed!",
+            "msg": f"remove llm worker(model_name={model}, url={redact_url(url)}) succeed!",
         }
     )
 

@@ -96,10 +96,12 @@ class Selector:
 
     def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
         current = self._policies.get(event.worker.model)
-        if current is not None:
+        if current is not None and event.answered:
             current[1].observe(event.worker, event.seconds, self.clock())
 
     def on_attempt_failed(self, event: AttemptFailed) -> None:
+        if event.error.upstream_status == 429:
+            return  # "slow down" is no failure of the worker's: Retry-After keeps it out
         current = self._policies.get(event.worker.model)
         if current is not None:
             current[1].observe_failure(event.worker, self.clock())

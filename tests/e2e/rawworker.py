@@ -5,6 +5,7 @@ It runs on its own thread and event loop on 127.0.0.1, and speaks just enough HT
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ class Answer:
     body: bytes = b""
     trickle: float = 0.0
     """Seconds between the body's bytes (the headers go at once)."""
+    endless: bytes = b""
+    """Sent (chunked) again and again after the body, until the client hangs up; `trickle`
+    is then the pause between two."""
 
 
 def completion(text: str) -> bytes:
@@ -137,15 +141,22 @@ class RawWorker:
             writer.close()
 
     async def _write(self, writer: asyncio.StreamWriter, answer: Answer) -> None:
-        headers = {
-            "Content-Type": "application/json",
-            "Content-Length": str(len(answer.body)),
-            **answer.headers,
-        }
+        framing = (
+            {"Transfer-Encoding": "chunked"}
+            if answer.endless
+            else {"Content-Length": str(len(answer.body))}
+        )
+        headers = {"Content-Type": "application/json", **framing, **answer.headers}
         head = f"HTTP/1.1 {answer.status} X\r\n" + "".join(
             f"{name}: {value}\r\n" for name, value in headers.items()
         )
         writer.write(head.encode("latin-1") + b"\r\n")
+        if answer.endless:
+            for chunk in itertools.chain([answer.body], itertools.repeat(answer.endless)):
+                if chunk:
+                    writer.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+                    await writer.drain()
+                await asyncio.sleep(answer.trickle)
         if not answer.trickle:
             writer.write(answer.body)
             await writer.drain()

@@ -106,7 +106,10 @@ def test_config_file_settings_and_static_workers(
     balancer.start()
     try:
         with balancer.client() as client:
-            rows = client.get("/api/server/workers").json()["data"]
+            # admin_token came from the file: the listing needs it too
+            assert client.get("/api/server/workers").status_code == 401
+            token = {"Authorization": "Bearer from-file"}
+            rows = client.get("/api/server/workers", headers=token).json()["data"]
             assert sorted(r["api"] for r in rows) == ["openai", "template"]
             answers = {
                 client.post(
@@ -115,7 +118,6 @@ def test_config_file_settings_and_static_workers(
                 for _ in range(4)
             }
             assert answers == {"[w1] x", "[w2] x"}
-            # admin_token came from the file
             denied = client.post("/api/server/register", json=openai_registration("m", workers[0]))
             assert denied.status_code == 401
     finally:

@@ -58,3 +58,19 @@ async def test_each_limit_is_its_own() -> None:
     results = await asyncio.gather(sleeps(0.02, 5), sleeps(5, 0.05), sleeps(0.03, 0.001))
     assert list(results) == ["timed out", "done", "done"]
     await deadlines.close()
+
+
+async def test_a_cancellation_from_outside_in_the_same_moment_is_not_taken_for_the_limit() -> None:
+    deadlines = Deadlines(tick=0.01)
+
+    async def waits() -> None:
+        with deadlines.limit(0.02):
+            await asyncio.sleep(10)
+
+    task = asyncio.ensure_future(waits())
+    await asyncio.sleep(0)
+    while not any(limit.expired for limit in deadlines._watched):  # noqa: ASYNC110 (no event)
+        await asyncio.sleep(0.001)
+    task.cancel()  # a shutdown, say, before the task has run again
+    with pytest.raises(asyncio.CancelledError):
+        await task

@@ -39,6 +39,7 @@ from balancer.forwarding.retry_budget import RetryBudget
 from balancer.forwarding.transport import TransportError
 from balancer.registry import Worker, WorkerRegistry
 from balancer.selection import Selector
+from balancer.selection.least_latency import LeastLatency
 from tests.conftest import FakeClock
 from tests.forwarding.helpers import (
     CONNECT_REFUSED,
@@ -229,9 +230,44 @@ async def test_a_client_error_is_not_retried_and_the_worker_is_not_charged_for_i
     assert raised.value.status_code == 400
     assert raised.value.attempts == 1
     assert hosts_sent(transport) == ["w1"]
-    assert [e.worker for e in heard.of(AttemptSucceeded)] == [w1]
+    assert [(e.worker, e.answered) for e in heard.of(AttemptSucceeded)] == [(w1, False)]
     assert heard.of(AttemptFailed) == []
     assert heard.of(Retried) == []
+
+
+@pytest.mark.parametrize("how", ["relayed", "raised"])
+async def test_how_fast_a_worker_refuses_the_callers_mistakes_is_no_latency_sample(
+    registry: WorkerRegistry, clock: FakeClock, events: Events, how: str
+) -> None:
+    """A worker that answers 400 at once (a context too long for it) must not look fast."""
+    [w1] = await add_workers(registry, "w1")
+    transport = by_host({"w1": status(400)})
+    selector = Selector("least_latency", clock=clock)
+    events.attempt_succeeded.connect(selector.on_attempt_succeeded)
+    forwarder = Forwarder(registry, selector, events=events, clock=clock)
+    with contextlib.suppress(UpstreamError):
+        await forwarder.run(
+            new_record(), "m", relay(transport) if how == "relayed" else prompt(transport)
+        )
+    policy = selector.policy("m")
+    assert isinstance(policy, LeastLatency)
+    assert w1.id not in policy._estimates
+    assert w1.latency_ms is None
+
+
+async def test_a_429_is_no_failure_sample_for_least_latency(
+    registry: WorkerRegistry, clock: FakeClock, events: Events
+) -> None:
+    [w1] = await add_workers(registry, "w1")
+    transport = by_host({"w1": status(429)})
+    selector = Selector("least_latency", clock=clock)
+    events.attempt_failed.connect(selector.on_attempt_failed)
+    forwarder = Forwarder(registry, selector, events=events, clock=clock)
+    with contextlib.suppress(NoWorkerAvailable):
+        await forwarder.run(new_record(), "m", relay(transport))
+    policy = selector.policy("m")
+    assert isinstance(policy, LeastLatency)
+    assert w1.id not in policy._estimates
 
 
 async def test_a_429_with_retry_after_keeps_the_worker_out_for_that_long(

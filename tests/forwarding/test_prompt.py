@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from balancer.errors import UpstreamError
+from balancer.errors import BadRequest, UpstreamError
 from balancer.fakes.transport import FakeResponse
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.openai_format import estimate_tokens
-from balancer.forwarding.prompt import complete_text
+from balancer.forwarding.prompt import complete_text, template_request
 from balancer.registry import Worker, parse_spec
 from tests.conftest import FakeClock
 from tests.forwarding.helpers import Answer, by_host, completion, lease_on, openai_spec, status
@@ -262,3 +262,17 @@ async def test_an_openai_worker_answer_that_is_no_chat_completion_is_a_retryable
         f"worker {worker.id} did not return an OpenAI chat "
         "completion (no choices[0].message.content)"
     )
+
+
+@pytest.mark.parametrize("prompt", [".", ".."])
+def test_a_prompt_that_would_change_a_get_templates_path_is_the_callers_400(prompt: str) -> None:
+    """Not sent at all, and not the worker's failure: no other worker is tried for it."""
+    worker = template_worker(
+        req_type="GET", req_url_template="http://t1/ask/{USER_PROMPT}/x?k=secret", body=None
+    )
+    with pytest.raises(BadRequest) as info:
+        template_request(worker, prompt, None)
+    error = info.value
+    assert (error.status_code, error.model, error.worker) == (400, "t", worker.id)
+    assert f"a whole path segment with {prompt!r}, which changes the path" in error.message
+    assert "t1" not in error.message  # the worker is named by its id, never its URL

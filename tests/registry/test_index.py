@@ -34,10 +34,14 @@ class PausingStore:
     def __init__(self, path: Path) -> None:
         self.inner = SQLiteStore(str(path))
         self.pause = False
+        self.fail_next_load = False
         self.paused = asyncio.Event()
         self.resume = asyncio.Event()
 
     async def load(self) -> list[StoredWorker]:
+        if self.fail_next_load:
+            self.fail_next_load = False
+            raise OSError("disk I/O error")
         rows = await self.inner.load()
         if self.pause:
             self.pause = False
@@ -130,6 +134,18 @@ async def test_an_offline_reaches_a_worker_registered_through_another_process_a_
 
 FIRST = ModelOptions("round_robin", ("fa",))
 SECOND = ModelOptions("random", ("fb",))
+
+
+async def test_a_refresh_that_failed_to_read_the_store_is_made_again(tmp_path: Path) -> None:
+    async with processes(tmp_path / "r.db", 2) as (here, other):
+        await other.register(spec(1))
+        store = here.store
+        assert isinstance(store, PausingStore)
+        store.fail_next_load = True
+        with pytest.raises(OSError):
+            await here.refresh()
+        assert await here.refresh()
+        assert urls(here) == ["http://127.0.0.1:1/v1"]
 
 
 async def test_the_latest_registration_wins_in_every_process(tmp_path: Path) -> None:

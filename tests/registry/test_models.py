@@ -97,3 +97,67 @@ def test_a_get_template_may_put_the_prompt_in_the_url() -> None:
     parse_spec(
         {"model_name": "m", "req_type": "get", "req_url_template": "http://h/q?p={USER_PROMPT}"}
     )
+
+
+@pytest.mark.parametrize(
+    ("url", "part"),
+    [
+        ("{USER_PROMPT}://h/q", "scheme"),
+        ("http://{USER_PROMPT}/q", "host"),
+        ("http://{MODEL_NAME}.example/q?p={USER_PROMPT}", "host"),
+        ("http://h:{MODEL_TEMPERATURE}/q?p={USER_PROMPT}", "port"),
+        ("http://{USER_PROMPT}@h/q", "user info"),
+        ("http://h/q?p=x#{USER_PROMPT}", "fragment"),
+    ],
+)
+def test_a_url_placeholder_outside_the_path_and_query_is_refused(url: str, part: str) -> None:
+    """Placeholders may fill only the path and the query: the prompt must not choose the host
+    it is sent to. The message names the part."""
+    with pytest.raises(BadRequest) as info:
+        parse_spec({"model_name": "m", "req_type": "GET", "req_url_template": url})
+    assert f"may only fill the URL's path or query, not its {part}" in info.value.message
+
+
+def test_url_placeholders_in_the_path_and_query_are_accepted() -> None:
+    parse_spec(
+        {
+            "model_name": "m",
+            "req_type": "GET",
+            "req_url_template": "http://h:8000/models/{MODEL_NAME}/q?p={USER_PROMPT}",
+        }
+    )
+
+
+def test_a_model_name_that_would_make_a_dot_segment_of_the_url_is_refused() -> None:
+    with pytest.raises(BadRequest, match="changes the path"):
+        parse_spec({**GOOD, "model_name": "..", "req_url_template": "http://h/m/{MODEL_NAME}/q"})
+
+
+@pytest.mark.parametrize(
+    "name", ["Content-Length", "transfer-encoding", "HOST", "Connection", "connection"]
+)
+def test_framing_headers_are_refused_in_any_case(name: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_spec({**GOOD, "header": {"X-Ok": "1", name: "x"}})
+    assert f"header: {name} cannot be registered" in info.value.message
+
+
+@pytest.mark.parametrize("value", ["a\r\nX-Injected: 1", "a\nb", "a\rb", "a\x00b"])
+def test_header_values_with_cr_lf_or_control_characters_are_refused(value: str) -> None:
+    """The message names the header but does not quote its value, which may be a key."""
+    with pytest.raises(BadRequest) as info:
+        parse_spec({**GOOD, "header": {"Authorization": f"Bearer sk-{value}"}})
+    message = info.value.message
+    assert "the value of Authorization contains CR, LF" in message
+    assert "sk-" not in message
+
+
+@pytest.mark.parametrize("name", ["Bad Name", "X-A:", "X\r\nY", ""])
+def test_header_names_that_are_not_tokens_are_refused(name: str) -> None:
+    with pytest.raises(BadRequest, match="is not a valid header name"):
+        parse_spec({**GOOD, "header": {name: "x"}})
+
+
+def test_ordinary_headers_with_tabs_and_unicode_are_accepted() -> None:
+    spec = parse_spec({**GOOD, "header": {"Authorization": "Bearer\tsk", "X-Name": "é"}})
+    assert spec.header == {"Authorization": "Bearer\tsk", "X-Name": "é"}

@@ -260,3 +260,18 @@ async def test_a_reply_without_usage_is_metered_as_estimated(lb: InProcess) -> N
         lb.sample("balancer_output_tokens_total", **labels, estimated="true") == 5
     )  # "[w1] twelve chars"
     assert lb.sample("balancer_output_tokens_total", **labels, estimated="false") is None
+
+
+@pytest.mark.parametrize("text", [None, {}, 3, ["a"]])
+async def test_a_text_part_whose_text_is_not_a_string_is_a_400_for_a_template_worker(
+    lb: InProcess, text: object
+) -> None:
+    """Found by schemathesis (tests/e2e/test_fuzz.py): it was a 500."""
+    await lb.register_template("m", lb.worker("w2"))
+    content = [{"type": "text", "text": text}]
+    reply = await lb.client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "messages": [{"role": "user", "content": content}]},
+    )
+    assert reply.status_code == 400, reply.text
+    assert reply.json()["error"]["message"] == "a text content part's text must be a string"

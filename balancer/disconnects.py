@@ -1,0 +1,95 @@
+"""Noticing a client that leaves before its answer has started, to stop working for it.
+
+uvicorn does not cancel a request whose client is gone: only `receive()` says so, with an
+`http.disconnect` message, and only to someone waiting on it. Left alone, a generation goes on on
+a GPU for nobody, and a failing one fails over to more workers for nobody. Waiting on `receive()`
+costs a task per request, and most requests are answered within milliseconds; so a request gets
+its listener only once it has run `grace` seconds, from one sweep for all of them. When its
+client leaves, its task is cancelled. Once the answer has started, the response itself watches for
+the client (starlette's streaming response does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.types import Message, Receive
+
+DEFAULT_GRACE = 0.1
+
+
+class Disconnects:
+    def __init__(self, grace: float = DEFAULT_GRACE) -> None:
+        self.grace = grace
+        self._watched: dict[Watch, None] = {}  # insertion-ordered set
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def watch(self, receive: Receive) -> Watch:
+        """Watch the current task's client; call `done()` when the request is over."""
+        watch = Watch(self, receive)
+        self._watched[watch] = None
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        return watch
+
+    async def _sweep(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._watched:
+                await asyncio.sleep(self.grace)
+                due = loop.time() - self.grace
+                for watch in list(self._watched):
+                    if watch.listener is None and watch.body_read and watch.since <= due:
+                        watch.listener = loop.create_task(watch.listen())
+        finally:
+            self._sweeper = None
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+
+
+class Watch:
+    __slots__ = (
+        "_owner",
+        "_receive",
+        "answering",
+        "body_read",
+        "gone",
+        "listener",
+        "since",
+        "task",
+    )
+
+    def __init__(self, owner: Disconnects, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._owner = owner
+        self._receive = receive
+        self.task = task
+        self.since = asyncio.get_running_loop().time()
+        self.body_read = False
+        """Only then may the listener call `receive()`: before, it would take the body."""
+        self.answering = False
+        """Set once the response starts: from then on it watches the client itself."""
+        self.gone = False
+        self.listener: asyncio.Task[None] | None = None
+
+    async def receive(self) -> Message:
+        """The request's `receive`, noting when the whole body has been read."""
+        message = await self._receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            self.body_read = True
+        return message
+
+    async def listen(self) -> None:
+        message = await self._receive()
+        if message["type"] == "http.disconnect" and not self.answering:
+            self.gone = True
+            self.task.cancel()
+
+    def done(self) -> None:
+        self._owner._watched.pop(self, None)
+        if self.listener is not None:
+            self.listener.cancel()

@@ -1,0 +1,305 @@
+"""What each route of the table accepts and answers, for the OpenAPI document only.
+
+The endpoints read raw bytes and parse them once themselves (`routes/body.py`); nothing here
+parses a request. These models say what the endpoints accept, so that a reader of `/docs`, a
+client generator or a fuzzer knows the bodies: `routing.openapi_schema` builds the document
+from the route table and `OPERATIONS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
+
+from balancer.registry.models import WorkerSpec
+
+# The OpenAI API grows new fields every month; a worker may know fields we do not: they are
+# passed through as they are.
+_PASSED_ON = ConfigDict(extra="allow")
+
+
+class ContentPart(BaseModel):
+    model_config = _PASSED_ON
+    type: str = Field(examples=["text"])
+    text: str | SkipJsonSchema[None] = None
+    """Template workers get the text of the `text` parts."""
+
+
+class ChatMessage(BaseModel):
+    model_config = _PASSED_ON
+    role: str = Field(examples=["user"])
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = _PASSED_ON
+    include_usage: bool | None = None
+
+
+TokenIds = list[int]
+Prompt = str | list[str] | TokenIds | list[TokenIds]
+
+
+class _OpenAIRequest(BaseModel):
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    user: str | None = None
+
+
+class ChatCompletionRequest(_OpenAIRequest):
+    """OpenAI's chat completion request. Template workers get the conversation as one prompt."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+
+
+class CompletionRequest(_OpenAIRequest):
+    """OpenAI's (legacy) text completion request. Template workers take one string prompt."""
+
+    prompt: Prompt
+
+
+class EmbeddingRequest(BaseModel):
+    """OpenAI's embeddings request, for OpenAI-compatible workers."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    input: Prompt
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+
+
+class OperateGPTRequest(BaseModel):
+    """OperateGPT's inference request: one prompt for a worker of the model."""
+
+    input: str = Field(min_length=1, pattern=r"\S", description="The prompt")
+    model_name: str = Field(
+        min_length=1, pattern=r"\S", description="A registered model_name", examples=["demo"]
+    )
+    temperature: float | None = None
+
+
+class OfflineRequest(BaseModel):
+    """The worker to take offline: its model and URL, as registered (compared normalised)."""
+
+    model_name: str = Field(min_length=1, pattern=r"\S")
+    req_url_template: str = Field(min_length=1, pattern=r"\S")
+
+
+# Answers
+
+
+class Usage(BaseModel):
+    model_config = _PASSED_ON
+    prompt_tokens: int
+    completion_tokens: int | None = None
+    total_tokens: int
+
+
+class AssistantMessage(BaseModel):
+    model_config = _PASSED_ON
+    role: str
+    content: str | None = None
+
+
+class ChatChoice(BaseModel):
+    model_config = _PASSED_ON
+    index: int
+    message: AssistantMessage
+    finish_reason: str | None = None
+
+
+class ChatCompletion(BaseModel):
+    """OpenAI's chat completion (the worker's own, relayed, or made from a template worker's
+    answer). With `"stream": true`, server-sent `chat.completion.chunk` events instead."""
+
+    model_config = _PASSED_ON
+    id: str
+    object: str = Field(examples=["chat.completion"])
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage | None = None
+
+
+class TextChoice(BaseModel):
+    model_config = _PASSED_ON
+    index: int
+    text: str
+    finish_reason: str | None = None
+
+
+class TextCompletion(BaseModel):
+    """OpenAI's text completion; with `"stream": true`, server-sent events instead."""
+
+    model_config = _PASSED_ON
+    id: str
+    object: str = Field(examples=["text_completion"])
+    created: int
+    model: str
+    choices: list[TextChoice]
+    usage: Usage | None = None
+
+
+class Embedding(BaseModel):
+    model_config = _PASSED_ON
+    object: str = Field(examples=["embedding"])
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingList(BaseModel):
+    model_config = _PASSED_ON
+    object: str = Field(examples=["list"])
+    data: list[Embedding]
+    model: str
+    usage: Usage | None = None
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: Literal["model"]
+    created: int
+    owned_by: str
+
+
+class ModelList(BaseModel):
+    object: Literal["list"]
+    data: list[ModelObject]
+
+
+class OperateGPTAnswer(BaseModel):
+    success: Literal[True]
+    msg: str
+    result: str = Field(description="The worker's answer, as text")
+
+
+class Registered(BaseModel):
+    success: Literal[True]
+    msg: str
+    id: str = Field(description="The worker's id, stable across restarts")
+    created: bool = Field(description="False: an existing worker was updated")
+
+
+class WorkerView(BaseModel):
+    """A worker as listed: its registration (secrets shown as ***) and its live state."""
+
+    model_config = _PASSED_ON
+    id: str
+    model_name: str
+    req_url_template: str
+    api: str
+    status: Literal["healthy", "ejected", "unknown"]
+    inflight: int
+    weight: float
+
+
+class WorkerList(BaseModel):
+    success: Literal[True]
+    data: list[WorkerView]
+
+
+class Done(BaseModel):
+    success: Literal[True]
+    msg: str
+
+
+class HealthView(BaseModel):
+    success: Literal[True]
+    data: dict[str, dict[str, Any]] = Field(
+        description="Per model: counts by state, and each worker's state, failures and probes"
+    )
+
+
+class Status(BaseModel):
+    status: str
+    reason: str | None = None
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIError(BaseModel):
+    """An error, in OpenAI's envelope."""
+
+    error: OpenAIErrorDetail
+
+
+class OperateGPTError(BaseModel):
+    """An error, in OperateGPT's envelope."""
+
+    success: Literal[False]
+    msg: str
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """What one route takes and gives."""
+
+    body: type[BaseModel] | None = None
+    answer: type[BaseModel] | None = None
+    """The 200 answer, as JSON; None: plain text."""
+    streams: bool = False
+    """`"stream": true` answers with server-sent events."""
+    query: tuple[tuple[str, str], ...] = ()
+    """Optional query parameters: (name, description)."""
+    errors: tuple[int, ...] = ()
+    """The error statuses it answers with (in its route's envelope)."""
+    other_answers: tuple[tuple[int, type[BaseModel]], ...] = ()
+    """Other statuses it answers with, and what they carry."""
+
+
+_INFERENCE_ERRORS = (400, 401, 404, 413, 502, 503, 504)
+_ADMIN_ERRORS = (400, 401, 403, 413, 415)
+
+OPERATIONS: dict[tuple[str, str], Operation] = {
+    ("POST", "/v1/chat/completions"): Operation(
+        ChatCompletionRequest, ChatCompletion, streams=True, errors=_INFERENCE_ERRORS
+    ),
+    ("POST", "/v1/completions"): Operation(
+        CompletionRequest, TextCompletion, streams=True, errors=_INFERENCE_ERRORS
+    ),
+    ("POST", "/v1/embeddings"): Operation(
+        EmbeddingRequest, EmbeddingList, errors=_INFERENCE_ERRORS
+    ),
+    ("POST", "/api/v1/chat/completions"): Operation(
+        OperateGPTRequest, OperateGPTAnswer, errors=_INFERENCE_ERRORS
+    ),
+    ("GET", "/v1/models"): Operation(answer=ModelList, errors=(401,)),
+    ("GET", "/v1/models/{model}"): Operation(answer=ModelObject, errors=(401, 404)),
+    ("POST", "/api/server/register"): Operation(WorkerSpec, Registered, errors=_ADMIN_ERRORS),
+    ("GET", "/api/server/workers"): Operation(
+        answer=WorkerList, query=(("model_name", "Only the workers of this model"),)
+    ),
+    ("POST", "/api/server/offline"): Operation(OfflineRequest, Done, errors=(*_ADMIN_ERRORS, 404)),
+    ("GET", "/api/server/health"): Operation(answer=HealthView),
+    ("GET", "/healthz"): Operation(answer=Status),
+    ("GET", "/readyz"): Operation(
+        answer=Status,
+        query=(("model", "Ready only if this model has a healthy worker"),),
+        other_answers=((503, Status),),
+    ),
+    ("GET", "/metrics"): Operation(),
+}
+"""Every route of `routing.ROUTES`, by (method, path)."""
+
+ERROR_ENVELOPES: dict[str, type[BaseModel]] = {
+    "openai": OpenAIError,
+    "operategpt": OperateGPTError,
+}
