@@ -103,3 +103,13 @@ class CapacityQueue:
                 if place.waiting:
                     place._wake(worker)
                     return
+
+    def grown(self, worker: Worker) -> None:
+        """The model may have more slots now (a worker registered, or its max_concurrency
+        raised): wake every place waiting; each chooses again, and those that find nothing keep
+        their place."""
+        line = self._lines.get(worker.model)
+        if line:
+            for place in line:
+                if place.waiting:
+                    place._wake(worker)

@@ -329,8 +329,11 @@ class Forwarder:
         await self._deadlines.close()
 
     def on_registry_changed(self, event: RegistryChanged) -> None:
-        """The model's last worker is gone: drop its budget."""
-        if event.model_gone:
+        """A worker registered or updated may bring slots that queued requests wait for; the
+        model's last worker gone: drop its budget."""
+        if event.change != "removed":
+            self._capacity.grown(event.worker)
+        elif event.model_gone:
             self._budgets.pop(event.worker.model, None)
 
 

@@ -81,7 +81,7 @@ async def relay_openai(
     content_type = reply.headers.get("Content-Type", "application/json")
     if not stream or reply.status != 200:
         data = await reply.read()
-        if reply.status in RETRYABLE_STATUS:
+        if reply.status in RETRYABLE_STATUS or not 200 <= reply.status < 600:
             raise reply.status_failure(data)
         # The caller's own mistakes (400, 422, ...) are the worker's word: relayed unchanged.
         if reply.status >= 300:

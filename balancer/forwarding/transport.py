@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from contextvars import ContextVar
@@ -70,6 +71,9 @@ class Transport(Protocol):
 
     async def close(self) -> None: ...
 
+
+STALE_WITHIN = 0.1
+"""A reused connection that fails sooner than this was stale (see AiohttpTransport)."""
 
 KEEPALIVE_SECONDS = 1.5
 """How long an idle connection to a worker is kept: shorter than servers keep theirs (uvicorn,
@@ -157,10 +161,12 @@ class _AiohttpResponse:
 class AiohttpTransport:
     """All requests to workers share one session: pooled keep-alive connections per worker.
 
-    A request that fails on a reused connection before any byte of the answer came (the worker
-    closed it while it was idle: the request never reached its application) is sent again once,
-    on a fresh connection, so a worker is not charged for the race between its keep-alive timer
-    and ours.
+    A request that fails on a reused connection at once, before any byte of the answer came,
+    is sent again once, on a fresh connection: the worker had closed the connection while it was
+    idle, as its keep-alive timer fired just as we sent, and the request never reached its
+    application. "At once" is within `STALE_WITHIN` seconds: a connection that breaks later
+    broke while the worker was working on the request (a crash mid-generation), and sending it
+    again could run a generation twice; that is the worker's failure, charged to it.
     """
 
     def __init__(
@@ -202,12 +208,14 @@ class AiohttpTransport:
         body: bytes | None,
     ) -> UpstreamResponse:
         pooled, fresh = self._sessions()
+        sent = time.monotonic()
         try:
             resp = await pooled.request(
                 method, url, headers=headers, data=body, allow_redirects=False
             )
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError) or not _reused.get():
+            stale = _reused.get() and time.monotonic() - sent < STALE_WITHIN
+            if isinstance(exc, aiohttp.ClientConnectorError) or not stale:
                 raise _translate(exc) from exc
             try:
                 resp = await fresh.request(
@@ -215,6 +223,10 @@ class AiohttpTransport:
                 )
             except Exception as again:
                 raise _translate(again) from again
+        except ValueError as exc:
+            # aiohttp refuses to build the request (a header value it will not send): no worker
+            # could take it; registrations are checked so that this does not happen.
+            raise TransportError("connect", f"the request could not be sent: {exc}") from exc
         except Exception as exc:
             raise _translate(exc) from exc
         return _AiohttpResponse(resp, self.stream_idle_timeout, self.max_body_bytes)

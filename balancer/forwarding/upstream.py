@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Mapping
 
 from balancer.errors import UpstreamError, UpstreamTimeout
 from balancer.forwarding.transport import Transport, TransportError, UpstreamResponse
+from balancer.logging import REDACTED, redact_text
 from balancer.registry.models import Worker
 
 BACK_OFF = 429
@@ -93,8 +94,10 @@ class UpstreamReply:
     def status_failure(self, body: bytes) -> UpstreamError:
         """The error a non-2xx answer is (see the table at the top)."""
         status = self.status
-        snippet = body[:300].decode("utf-8", "replace").strip()
-        retryable = status in RETRYABLE_STATUS
+        snippet = _said(self.worker, body)
+        # A status no HTTP server sends (600 and up; aiohttp lets them through) is a broken
+        # answer: another worker may do better, and it could not be relayed anyway.
+        retryable = status in RETRYABLE_STATUS or not 200 <= status < 600
         retry_after = None
         if status in (BACK_OFF, 503):
             retry_after = parse_retry_after(self.headers.get("Retry-After"))
@@ -104,9 +107,27 @@ class UpstreamReply:
             worker=self.worker.id,
             retryable=retryable,
             upstream_status=status,
-            reason=f"http_{status}" if retryable else "http_4xx",
+            reason=_reason(status, retryable),
             retry_after=retry_after,
         )
+
+
+def _reason(status: int, retryable: bool) -> str:
+    if not 200 <= status < 600:
+        return "invalid_response"
+    return f"http_{status}" if retryable else "http_4xx"
+
+
+def _said(worker: Worker, body: bytes) -> str:
+    """What a worker's error body says, for a message clients get: its first 300 characters,
+    without the worker's own secrets (some servers echo the key they were sent: "Received API
+    Key = sk-...") or URLs' credentials."""
+    text = body[:300].decode("utf-8", "replace").strip()
+    for value in (worker.spec.header or {}).values():
+        for secret in {value, value.partition(" ")[2]}:  # "Bearer sk-..." and "sk-..."
+            if len(secret) >= 8:
+                text = text.replace(secret, REDACTED)
+    return redact_text(text)
 
 
 async def send(

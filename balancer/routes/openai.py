@@ -79,7 +79,9 @@ async def _forward(
     model = data.get("model")
     if not isinstance(model, str) or not model:
         raise BadRequest("model is required and must be a non-empty string")
-    stream = data.get("stream", False)
+    stream = data.get("stream")
+    if stream is None:
+        stream = False  # OpenAI's API takes null for false
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
     workers = balancer.forwarder.workers_of(model)

@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -62,9 +63,18 @@ def back_off_once(retry_after: str) -> Handler:
 
 
 class RawWorker:
-    def __init__(self, handler: Handler, *, one_request_per_connection: bool = False) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        one_request_per_connection: bool = False,
+        drop_after: float = 0.0,
+    ) -> None:
         self.handler = handler
         self.one_request_per_connection = one_request_per_connection
+        self.drop_after = drop_after
+        """With one_request_per_connection: seconds of "work" before the connection drops (a
+        crash mid-generation), instead of at once (a stale kept-alive connection)."""
         self.port = free_port()
         self.requests = 0
         """Inference requests answered."""
@@ -124,6 +134,8 @@ class RawWorker:
                 if length:
                     await reader.readexactly(length)
                 if self.one_request_per_connection and served:
+                    if self.drop_after:
+                        await asyncio.sleep(self.drop_after)
                     # Gone the moment the request arrives, as a server whose keep-alive timer
                     # fired: nothing of the request reached any application.
                     self.dropped += 1
@@ -169,7 +181,7 @@ class RawWorker:
 
 
 @contextmanager
-def raw_worker(handler: Handler, **options: bool) -> Iterator[RawWorker]:
+def raw_worker(handler: Handler, **options: Any) -> Iterator[RawWorker]:
     worker = RawWorker(handler, **options)
     worker.start()
     try:

@@ -104,3 +104,20 @@ def test_a_connection_the_worker_dropped_while_idle_is_sent_again_without_charge
     health = health_of(client, model, worker)
     assert health["status"] != "ejected"
     assert health["passive_failures"] == 0
+
+
+def test_a_connection_that_breaks_while_the_worker_works_is_not_sent_again(
+    client: httpx.Client,
+) -> None:
+    """A crash mid-generation is not a stale connection: sending it again could run the
+    generation twice, so it is the worker's failure."""
+    model = unique_model()
+    handler = lambda n: Answer(body=completion("ok"))  # noqa: E731
+    with raw_worker(handler, one_request_per_connection=True, drop_after=0.4) as w:
+        register_openai(client, model, w.url)
+        first = client.post("/v1/chat/completions", json={"model": model, **CHAT})
+        second = client.post("/v1/chat/completions", json={"model": model, **CHAT})
+        dropped, answered = w.dropped, w.requests
+    assert first.status_code == 200
+    assert second.status_code == 503  # its only worker broke off
+    assert (answered, dropped) == (1, 1)  # the broken request reached the worker once

@@ -377,3 +377,27 @@ async def test_a_woken_request_out_of_retry_budget_leaves_its_slot_to_the_next_i
 
     assert (await behind).worker is w2
     assert w2.inflight == 0
+
+
+async def test_a_worker_registered_while_requests_wait_serves_them_at_once(
+    registry: WorkerRegistry, clock: FakeClock, events: Events
+) -> None:
+    """New capacity wakes the line: nobody waits for an old slot while a new one is idle."""
+    await add_workers(registry, "w1", max_concurrency=1)
+    gate = asyncio.Event()
+    answers: dict[str, Any] = {"w1": gated([gate]), "w2": completion("from w2")}
+    transport = by_host(answers)
+    forwarder = forwarder_on(registry, clock, events)
+    registry.changed.connect(forwarder.on_registry_changed)
+    busy = request(forwarder, transport)
+    await settle()
+    queued = request(forwarder, transport)
+    await settle()
+    assert not queued.done()
+
+    await add_workers(registry, "w2")
+    served = await asyncio.wait_for(queued, 1)
+
+    assert served.worker.spec.req_url_template == "http://w2/v1"
+    gate.set()
+    await busy

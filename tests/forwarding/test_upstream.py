@@ -312,3 +312,25 @@ def test_upstream_headers_carry_the_worker_headers_and_the_request_id() -> None:
         "X-Request-ID": "req-9",
     }
     assert upstream_headers(w, None, None) == {"Authorization": "Bearer k", "X-Request-ID": "fixed"}
+
+
+async def test_an_error_body_never_repeats_the_workers_own_key() -> None:
+    """Some servers echo the key they got ("Received API Key = sk-...")."""
+    w = Worker(openai_spec("w1", header={"Authorization": "Bearer sk-very-secret-key"}))
+    body = b'{"error": "Incorrect API key. Received API Key = sk-very-secret-key"}'
+    reply = await reply_from(FakeResponse(401, body=body), for_worker=w)
+
+    error = reply.status_failure(await reply.read())
+
+    assert "sk-very-secret-key" not in error.message
+    assert "Received API Key = ***" in error.message
+
+
+@pytest.mark.parametrize("code", [600, 999, 199])
+async def test_a_status_no_http_server_sends_is_a_broken_answer_tried_elsewhere(code: int) -> None:
+    reply = await reply_from(FakeResponse(code, body=b"?"))
+
+    error = reply.status_failure(await reply.read())
+
+    assert error.retryable is True
+    assert error.reason == "invalid_response"

@@ -275,3 +275,13 @@ async def test_a_text_part_whose_text_is_not_a_string_is_a_400_for_a_template_wo
     )
     assert reply.status_code == 400, reply.text
     assert reply.json()["error"]["message"] == "a text content part's text must be a string"
+
+
+async def test_stream_null_is_taken_as_false_as_openai_does(lb: InProcess) -> None:
+    await lb.register_openai("m", lb.worker("w1"))
+    reply = await lb.client.post(
+        "/v1/chat/completions",
+        json={"model": "m", "stream": None, "messages": [{"role": "user", "content": "hi"}]},
+    )
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["object"] == "chat.completion"
