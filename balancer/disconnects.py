@@ -39,7 +39,12 @@ class Disconnects:
                 await asyncio.sleep(self.grace)
                 due = loop.time() - self.grace
                 for watch in list(self._watched):
-                    if watch.listener is None and watch.body_read and watch.since <= due:
+                    if (
+                        watch.listener is None
+                        and watch.body_read
+                        and not watch.answering
+                        and watch.since <= due
+                    ):
                         watch.listener = loop.create_task(watch.listen())
         finally:
             self._sweeper = None
