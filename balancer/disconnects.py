@@ -12,8 +12,11 @@ the client (starlette's streaming response does).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 
 from starlette.types import Message, Receive
+
+from balancer.sweep import Sweep
 
 DEFAULT_GRACE = 0.1
 
@@ -21,44 +24,34 @@ DEFAULT_GRACE = 0.1
 class Disconnects:
     def __init__(self, grace: float = DEFAULT_GRACE) -> None:
         self.grace = grace
-        self._watched: dict[Watch, None] = {}  # insertion-ordered set
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep = Sweep[Watch](grace, self._listen_to_the_due)
 
     def watch(self, receive: Receive) -> Watch:
         """Watch the current task's client; call `done()` when the request is over."""
-        watch = Watch(self, receive)
-        self._watched[watch] = None
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        watch = Watch(self._sweep, receive)
+        self._sweep.add(watch)
         return watch
 
-    async def _sweep(self) -> None:
+    def _listen_to_the_due(self, now: float, watches: Iterable[Watch]) -> None:
+        due = now - self.grace
         loop = asyncio.get_running_loop()
-        try:
-            while self._watched:
-                await asyncio.sleep(self.grace)
-                due = loop.time() - self.grace
-                for watch in list(self._watched):
-                    if (
-                        watch.listener is None
-                        and watch.body_read
-                        and not watch.answering
-                        and watch.since <= due
-                    ):
-                        watch.listener = loop.create_task(watch.listen())
-        finally:
-            self._sweeper = None
+        for watch in watches:
+            if (
+                watch.listener is None
+                and watch.body_read
+                and not watch.answering
+                and watch.since <= due
+            ):
+                watch.listener = loop.create_task(watch.listen())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self._sweep.close()
 
 
 class Watch:
     __slots__ = (
-        "_owner",
         "_receive",
+        "_sweep",
         "answering",
         "body_read",
         "gone",
@@ -67,10 +60,10 @@ class Watch:
         "task",
     )
 
-    def __init__(self, owner: Disconnects, receive: Receive) -> None:
+    def __init__(self, sweep: Sweep[Watch], receive: Receive) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._owner = owner
+        self._sweep = sweep
         self._receive = receive
         self.task = task
         self.since = asyncio.get_running_loop().time()
@@ -95,6 +88,6 @@ class Watch:
             self.task.cancel()
 
     def done(self) -> None:
-        self._owner._watched.pop(self, None)
+        self._sweep.discard(self)
         if self.listener is not None:
             self.listener.cancel()

@@ -9,51 +9,39 @@ rest of an attempt's bookkeeping. The limits here are seconds to minutes, so one
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from types import TracebackType
+
+from balancer.sweep import Sweep
 
 DEFAULT_TICK = 0.05
 
 
 class Deadlines:
     def __init__(self, tick: float = DEFAULT_TICK) -> None:
-        self.tick = tick
-        self._watched: dict[Limit, None] = {}  # insertion-ordered set
-        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep = Sweep[Limit](tick, _expire)
 
     def limit(self, seconds: float) -> Limit:
         """`with deadlines.limit(s):` bounds the awaits inside it to `s` seconds, about."""
-        return Limit(self, seconds)
-
-    def _watch(self, limit: Limit) -> None:
-        self._watched[limit] = None
-        if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
-
-    async def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self._watched:
-                await asyncio.sleep(self.tick)
-                now = loop.time()
-                for limit in list(self._watched):
-                    if now >= limit.until and not limit.expired:
-                        limit.expired = True
-                        limit.task.cancel()
-        finally:
-            self._sweeper = None
+        return Limit(self._sweep, seconds)
 
     async def close(self) -> None:
-        """Stop the sweeper (at shutdown, when no attempt is left)."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        """Stop the sweep (at shutdown, when no attempt is left)."""
+        await self._sweep.close()
+
+
+def _expire(now: float, limits: Iterable[Limit]) -> None:
+    for limit in limits:
+        if now >= limit.until and not limit.expired:
+            limit.expired = True
+            limit.task.cancel()
 
 
 class Limit:
-    __slots__ = ("_cancelling", "_owner", "expired", "seconds", "task", "until")
+    __slots__ = ("_cancelling", "_sweep", "expired", "seconds", "task", "until")
 
-    def __init__(self, owner: Deadlines, seconds: float) -> None:
-        self._owner = owner
+    def __init__(self, sweep: Sweep[Limit], seconds: float) -> None:
+        self._sweep = sweep
         self.seconds = seconds
         self.expired = False
 
@@ -63,7 +51,7 @@ class Limit:
         self.task = task
         self._cancelling = task.cancelling()
         self.until = asyncio.get_running_loop().time() + self.seconds
-        self._owner._watch(self)
+        self._sweep.add(self)
         return self
 
     def __exit__(
@@ -73,7 +61,7 @@ class Limit:
         traceback: TracebackType | None,
     ) -> None:
         # No await between the body's end and here: a sweep cannot cancel us after it.
-        del self._owner._watched[self]
+        self._sweep.discard(self)
         # Our cancellation becomes a TimeoutError; one that came from elsewhere in the same
         # moment (a shutdown, a client gone) stays a cancellation, as asyncio.timeout does.
         if (

@@ -27,7 +27,7 @@ async def test_a_body_done_in_time_is_left_alone_and_the_sweeper_stops() -> None
         await asyncio.sleep(0)
     assert not limit.expired
     await asyncio.sleep(0.05)
-    assert deadlines._sweeper is None
+    assert not deadlines._sweep.running
 
 
 async def test_a_cancellation_from_outside_stays_a_cancellation() -> None:
@@ -69,7 +69,7 @@ async def test_a_cancellation_from_outside_in_the_same_moment_is_not_taken_for_t
 
     task = asyncio.ensure_future(waits())
     await asyncio.sleep(0)
-    while not any(limit.expired for limit in deadlines._watched):  # noqa: ASYNC110 (no event)
+    while not any(limit.expired for limit in deadlines._sweep):  # noqa: ASYNC110 (no event)
         await asyncio.sleep(0.001)
     task.cancel()  # a shutdown, say, before the task has run again
     with pytest.raises(asyncio.CancelledError):
