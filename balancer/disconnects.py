@@ -1,12 +1,12 @@
-"""Noticing a client that leaves before its answer has started, to stop working for it.
+"""Noticing a client that leaves before its answer is over, to stop working for it.
 
 uvicorn does not cancel a request whose client is gone: only `receive()` says so, with an
 `http.disconnect` message, and only to someone waiting on it. Left alone, a generation goes on on
 a GPU for nobody, and a failing one fails over to more workers for nobody. Waiting on `receive()`
 costs a task per request, and most requests are answered within milliseconds; so a request gets
 its listener only once it has run `grace` seconds, from one sweep for all of them. When its
-client leaves, its task is cancelled. Once the answer has started, the response itself watches for
-the client (starlette's streaming response does).
+client leaves, its task is cancelled: a generation not yet answered, or a stream being relayed,
+stops and gives its worker's slot back.
 """
 
 from __future__ import annotations
@@ -36,12 +36,7 @@ class Disconnects:
         due = now - self.grace
         loop = asyncio.get_running_loop()
         for watch in watches:
-            if (
-                watch.listener is None
-                and watch.body_read
-                and not watch.answering
-                and watch.since <= due
-            ):
+            if watch.listener is None and watch.body_read and watch.since <= due:
                 watch.listener = loop.create_task(watch.listen())
 
     async def close(self) -> None:
@@ -52,7 +47,6 @@ class Watch:
     __slots__ = (
         "_receive",
         "_sweep",
-        "answering",
         "body_read",
         "gone",
         "listener",
@@ -69,8 +63,6 @@ class Watch:
         self.since = asyncio.get_running_loop().time()
         self.body_read = False
         """Only then may the listener call `receive()`: before, it would take the body."""
-        self.answering = False
-        """Set once the response starts: from then on it watches the client itself."""
         self.gone = False
         self.listener: asyncio.Task[None] | None = None
 
@@ -83,7 +75,7 @@ class Watch:
 
     async def listen(self) -> None:
         message = await self._receive()
-        if message["type"] == "http.disconnect" and not self.answering:
+        if message["type"] == "http.disconnect":
             self.gone = True
             self.task.cancel()
 

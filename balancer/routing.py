@@ -32,7 +32,7 @@ from balancer.disconnects import Disconnects
 from balancer.events import RequestFinished, RequestRecord
 from balancer.forwarding import sse
 from balancer.middleware import CLIENT_CLOSED_REQUEST, request_id_var
-from balancer.responses import error_reply
+from balancer.responses import Reply, error_reply
 from balancer.routes import openai, operategpt, ops, workers
 from balancer.schemas import ERROR_ENVELOPES, OPERATIONS, Operation
 from balancer.types import ClientApi
@@ -41,7 +41,7 @@ from balancer.wiring import Balancer
 Method = Literal["GET", "POST"]
 Admin = Literal["", "read", "write"]
 Endpoint = Callable[[Request, Balancer], Awaitable[Response]]
-InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Response]]
+InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Reply]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +190,6 @@ class Router:
                 return  # gone while it was sending its body: nobody to answer
             except Exception as exc:
                 response = error_reply(route.api, exc)
-            watch.answering = True
             status = response.status_code
             # A stream that breaks halfway raises out of here, and the server drops the
             # connection: the client must not mistake a cut answer for a whole one.
@@ -198,8 +197,9 @@ class Router:
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
-            # The client left before its answer started, and `watch` stopped the work for it
-            # (leases are back, no attempt goes on): a quiet end, counted as 499.
+            # The client left, and `watch` stopped the work for it (leases are back, no attempt
+            # goes on, a stream is closed): a quiet end, counted as 499 if no answer had
+            # started.
             watch.task.uncancel()
         finally:
             watch.done()

@@ -59,16 +59,3 @@ async def test_nobody_listens_before_the_body_is_read() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     await disconnects.close()
-
-
-async def test_once_the_answer_has_started_the_response_watches_the_client_itself() -> None:
-    disconnects, client = Disconnects(grace=0.01), Client()
-    watch = disconnects.watch(client.receive)
-    await watch.receive()
-    watch.answering = True
-    await asyncio.sleep(0.05)
-    client.left.set()
-    await asyncio.sleep(0.02)
-    assert not watch.gone
-    watch.done()
-    await disconnects.close()

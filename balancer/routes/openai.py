@@ -10,9 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import orjson
-from starlette.background import BackgroundTask
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import Response
 
 from balancer.auth import require_api_key
 from balancer.errors import BadRequest, ModelNotFound
@@ -22,7 +21,7 @@ from balancer.forwarding.lease import Lease
 from balancer.forwarding.prompt import complete_text
 from balancer.forwarding.relay import Relayed, relay_openai
 from balancer.registry import Worker
-from balancer.responses import json_response, served_headers
+from balancer.responses import Reply, StreamReply, json_response, served_headers
 from balancer.routes.body import optional_number, read_json_object
 from balancer.wiring import Balancer
 
@@ -52,17 +51,17 @@ def _model_object(model: str, workers: list[Worker]) -> dict[str, Any]:
     return {"id": model, "object": "model", "created": 0, "owned_by": owner}
 
 
-async def chat_completions(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
+async def chat_completions(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
     """A chat completion, streamed or not, from a worker of the model."""
     return await _forward(request, balancer, record, "/chat/completions", _chat_from_template)
 
 
-async def completions(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
+async def completions(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
     """A text completion, streamed or not, from a worker of the model."""
     return await _forward(request, balancer, record, "/completions", _completion_from_template)
 
 
-async def embeddings(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
+async def embeddings(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
     """Embeddings, from an OpenAI-compatible worker of the model."""
     return await _forward(request, balancer, record, "/embeddings", None)
 
@@ -73,7 +72,7 @@ async def _forward(
     record: RequestRecord,
     path: str,
     from_template: TemplateAnswer | None,
-) -> Response:
+) -> Reply:
     require_api_key(request, balancer.settings)
     raw, data = await read_json_object(request, balancer.settings.max_body_bytes)
     model = data.get("model")
@@ -134,11 +133,11 @@ async def _forward(
     relayed = served.value
     headers = served_headers(served.worker.id, served.attempts)
     if relayed.stream is not None:
-        return StreamingResponse(
+        return StreamReply(
             relayed.stream,
             media_type=relayed.content_type,
             headers={**headers, **sse.HEADERS},
-            background=BackgroundTask(relayed.close) if relayed.close else None,
+            close=relayed.close,
         )
     return Response(relayed.body, relayed.status, headers=headers, media_type=relayed.content_type)
 
