@@ -28,6 +28,7 @@ from balancer.wiring import Balancer, build
 log = get_logger("balancer.app")
 
 STORE_REFRESH_INTERVAL = 1.0
+LOOP_LAG_INTERVAL = 0.1
 GAUGE_REFRESH_INTERVAL = 1.0
 
 
@@ -92,7 +93,10 @@ def _lifespan(
             workers=len(b.registry),
         )
         b.probes.start()
-        background = [asyncio.create_task(_follow_store(b.registry))]
+        background = [
+            asyncio.create_task(_follow_store(b.registry)),
+            asyncio.create_task(_watch_loop_lag(b.metrics)),
+        ]
         if b.metrics.multiprocess:
             background.append(asyncio.create_task(_refresh_gauges(b.metrics)))
         try:
@@ -113,6 +117,15 @@ def _lifespan(
             log.info("stopped")
 
     return lifespan
+
+
+async def _watch_loop_lag(metrics: Metrics) -> None:
+    """How late the loop wakes a timer is how long a request waits for the balancer itself."""
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + LOOP_LAG_INTERVAL
+        await asyncio.sleep(LOOP_LAG_INTERVAL)
+        metrics.loop_lagged(max(loop.time() - expected, 0.0))
 
 
 async def _refresh_gauges(metrics: Metrics) -> None:

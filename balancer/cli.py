@@ -145,6 +145,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         get_logger("balancer").error("bad_configuration", error=str(exc))
         return 1
+    settle_garbage_collector()
     server = Server(_uvicorn_config(app, settings))
     server.run()
     return 0 if server.started else 1
@@ -169,6 +170,20 @@ def _check_store(settings: Settings) -> None:
             await store.close()
 
     asyncio.run(check())
+
+
+GC_THRESHOLDS = (20_000, 50, 50)
+
+
+def settle_garbage_collector() -> None:
+    """What start-up made stays for the life of the server: set it aside (gc.freeze), so full
+    collections scan only what requests make, and collect young objects less often. Measured at
+    50 ms upstream and 64 connections: the added p99 went from 12-39 ms to 10-12 ms."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
@@ -230,7 +245,9 @@ def app_from_env() -> Any:
     )
     settings, workers = load_configuration(file_values, {})
     configure_logging(log_format=settings.log_format, level=settings.log_level)
-    return create_app(settings, static_workers=workers)
+    app = create_app(settings, static_workers=workers)
+    settle_garbage_collector()
+    return app
 
 
 def _load(args: argparse.Namespace) -> tuple[Settings, list[WorkerSpec]]:

@@ -91,6 +91,7 @@ TOKENS_PER_SECOND_BUCKETS = (
     2500.0,
     5000.0,
 )
+LOOP_LAG_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 PROBE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 STATES = ("healthy", "ejected", "unknown")
 _INFLIGHT_HELP = "Requests in flight to a worker."
@@ -196,6 +197,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
+        self.loop_lag = Histogram(
+            "balancer_event_loop_lag_seconds",
+            "How late the event loop ran a timer: time requests waited for the balancer itself.",
+            buckets=LOOP_LAG_BUCKETS,
+            registry=registry,
+        )
         # Several processes (`--workers N`) share their counts through files in
         # PROMETHEUS_MULTIPROC_DIR; a collector reading one process's state at scrape time would
         # then show only the process that happened to answer the scrape, so the state gauges
@@ -269,6 +276,9 @@ class Metrics:
     def process_exiting(self) -> None:
         if self.multiprocess:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+    def loop_lagged(self, seconds: float) -> None:
+        self.loop_lag.observe(seconds)
 
     def on_request_finished(self, event: RequestFinished) -> None:
         """One inference request, when its last byte is sent."""

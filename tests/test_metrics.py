@@ -30,6 +30,7 @@ FAMILIES = [
     "balancer_retries_total",
     "balancer_panic_total",
     "balancer_queue_wait_seconds",
+    "balancer_event_loop_lag_seconds",
 ]
 
 
