@@ -27,6 +27,7 @@ _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 _SECRET_WORDS = ("authorization", "key", "token", "secret", "password", "cookie")
 _SECRET_PARAMS = ("key", "token", "secret", "password", "sig", "auth")
 _URL_FIELDS = ("url", "req_url_template", "health_url")
+_REDACTED_FIELDS = frozenset({"header", "headers", *_URL_FIELDS, "error", "reason", "last_error"})
 _URL = re.compile(r"https?://[^\s'\"<>]+")
 
 
@@ -79,6 +80,8 @@ def redact_text(text: str) -> str:
 def _redact_event(
     _logger: Any, _method: str, event: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:
+    if _REDACTED_FIELDS.isdisjoint(event):
+        return event  # the access log's line, every request: nothing to look at
     for key in ("header", "headers"):
         value = event.get(key)
         if isinstance(value, Mapping):
