@@ -11,13 +11,12 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import overhead, scale, selection
-from bench.harness import nginx_version
+from bench import overhead, report, scale, selection
 
 RESULTS = Path(__file__).parent / "results" / "latest.md"
 
 
-def machine() -> str:
+def machine(versions: dict[str, str]) -> str:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -44,31 +43,29 @@ def machine() -> str:
         )
     )
     cores = len(list(Path("/sys/devices/system/cpu").glob("cpu[0-9]*")))
+    peers = ", ".join(f"{name} {v}" for name, v in versions.items())
     return (
         f"- CPU: {cpu}, {cores} cores; Linux {platform.release()}\n"
-        f"- Python {platform.python_version()}; nginx {nginx_version()}; {wrk_version}\n"
+        f"- Python {platform.python_version()}; {wrk_version}; {peers}\n"
         f"- {packages}"
     )
 
 
-def fmt(value: float | None, digits: int = 0) -> str:
-    if value is None:
-        return "-"
-    return f"{value:,.{digits}f}"
+fmt = report.fmt
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="shorter runs, for a smoke test")
     args = parser.parse_args()
-    seconds, rounds = (2.0, 1) if args.quick else (5.0, 3)
+    plan = overhead.QUICK if args.quick else overhead.Plan()
     soak_seconds = 30.0 if args.quick else 300.0
     started = time.monotonic()
     out: list[str] = []
     with tempfile.TemporaryDirectory(prefix="llm-balancer-bench-") as name:
         tmp = Path(name)
         print("overhead cells ...", file=sys.stderr, flush=True)
-        proxy = overhead.run(tmp, seconds=seconds, rounds=rounds)
+        proxies = overhead.run(tmp, plan)
         print("selection simulation ...", file=sys.stderr, flush=True)
         simulated = selection.run()
         print("selection, live ...", file=sys.stderr, flush=True)
@@ -78,53 +75,20 @@ def main() -> int:
         print("soak ...", file=sys.stderr, flush=True)
         soaked = scale.soak(tmp, seconds=soak_seconds, warmup=min(60.0, soak_seconds / 3))
 
-    cells = proxy["cells"]
-    first = {c.proxy: c for c in cells if c.label.startswith("0 ms") and "16" in c.label}
-    ratio = first["balancer"].cpu_us / first["nginx"].cpu_us  # type: ignore[operator]
-    out.append("# Benchmark results\n")
+    out.append("# Benchmark results\n\n")
     out.append(
         f"Written by `scripts/bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-        f" in {time.monotonic() - started:.0f} s{' (--quick)' if args.quick else ''}.\n"
+        f" in {time.monotonic() - started:.0f} s{' (--quick)' if args.quick else ''}.\n\n"
     )
-    out.append(machine() + "\n")
+    out.append(machine(proxies.versions) + "\n")
     out.append(
         "\n## Headline\n\n"
-        f"At 0 ms upstream latency and 16 connections the balancer spends "
-        f"**{first['balancer'].cpu_us:.0f} us of CPU per proxied request, {ratio:.1f}x nginx's "
-        f"{first['nginx'].cpu_us:.0f} us**, and serves **{first['balancer'].rps:,.0f} req/s** on "
-        f"one core (nginx {first['nginx'].rps:,.0f}), with metrics, probes and JSON access logs "
-        "on.\n"
+        "Each proxy alone on one core (core 0) in front of the same two fake workers, measured "
+        "in one interleaved run; the balancer with metrics, probes and JSON access logs on. "
+        "Lower is better, except chunks/s.\n\n"
     )
-    out.append(
-        "\n## Proxy overhead (non-streamed chat completions)\n\n"
-        "Proxy alone on core 0; wrk and two fake workers on core 1; proxies interleaved round by "
-        f"round, {rounds} rounds of {seconds:.0f} s, medians. CPU per request is the proxy's own "
-        "user+system time from /proc over the run, divided by the requests.\n\n"
-        "| cell | proxy | req/s | p50 ms | p99 ms | p50 added ms | CPU us/request | errors |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|\n"
-    )
-    for c in cells:
-        out.append(
-            f"| {c.label} | {c.proxy} | {fmt(c.rps)} | {fmt(c.p50_ms, 2)} | "
-            f"{fmt(c.p99_ms, 2)} | {fmt(c.added_p50_ms, 2)} | {fmt(c.cpu_us)} | "
-            f"{c.errors} |\n"
-        )
-    out.append(
-        "\n`balancer --workers 2` runs two processes on both cores, so it shares core 1 with wrk "
-        "and the workers: its req/s shows how far a second process carries on this 2-core "
-        "machine, and its CPU per request counts both processes and their supervisor.\n"
-    )
-    out.append(
-        "\n## Streams (16 chunks, 5 ms apart, 16 connections)\n\n"
-        "| proxy | streams/s | first byte ms | first token ms | added TTFT ms | total ms | "
-        "CPU us/stream | errors |\n|---|---:|---:|---:|---:|---:|---:|---:|\n"
-    )
-    for s in proxy["streams"]:
-        out.append(
-            f"| {s['proxy']} | {fmt(s['streams_per_second'])} | {fmt(s['ttfb_ms'], 2)} | "
-            f"{fmt(s['ttft_ms'], 2)} | {fmt(s['added_ttft_ms'], 2)} | "
-            f"{fmt(s['total_ms'], 1)} | {fmt(s['cpu_us'])} | {s['errors']} |\n"
-        )
+    out.append(report.headline(proxies))
+    out.append(report.sections(proxies))
     out.append(
         "\n## Selection quality (simulation)\n\n"
         f"{selection.__doc__.split(chr(10), 2)[2].strip()}\n\n"

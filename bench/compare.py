@@ -3,24 +3,24 @@
     python -m bench.compare /path/to/other/checkout [--seconds 5] [--rounds 5] [--only streams]
 
 For a change that must not make the hot path dearer: `git worktree add /tmp/before <commit>`, then
-compare. Each proxy runs alone on core 0; wrk, the SSE client and two fake workers share core 1;
+compare. Each proxy runs alone on core 0; wrk, the stream client and two fake workers share core 1;
 the proxies take turns round after round (the two balancers swapping places every round), so
 noise on the machine hits them alike. Prints, per cell, the CPU of each per request (or per
-stream), and the median of the rounds' paired ratios.
+stream of 16 chunks), and the median of the rounds' paired ratios.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
-from bench.harness import Process, balancer, fake_worker, nginx, register, tree
-from bench.overhead import Proxy, measure, run_streams
+from bench import peers, streams
+from bench.harness import LOAD_CORE, Process, Proxy, balancer, fake_worker, register
+from bench.overhead import measure
 
 
 def main() -> int:
@@ -31,29 +31,32 @@ def main() -> int:
     parser.add_argument("--only", choices=("requests", "streams"), help="one of the two cells")
     args = parser.parse_args()
     other = args.other.resolve()
+    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the stream client runs in this process: load
     with tempfile.TemporaryDirectory(prefix="llm-balancer-compare-") as name:
         tmp = Path(name)
         procs: list[Process] = []
         try:
             w1, url1 = fake_worker(tmp, "w1")
             w2, url2 = fake_worker(tmp, "w2")
-            ng, ng_url = nginx(tmp, [url1, url2])
+            procs += [w1, w2]
+            started = peers.start(tmp, [url1, url2], ["nginx"])
+            procs += started.processes
+            if not started.proxies:
+                sys.exit(f"nginx: {started.unavailable['nginx']}")
             this, this_url = balancer(tmp, name="this")
             that, that_url = balancer(tmp, name="other", source=other)
-            procs += [w1, w2, ng, this, that]
+            procs += [this, that]
             for url in (this_url, that_url):
                 register(url, "bench", [url1, url2], strategy="least_latency")
             proxies = [
-                Proxy("nginx", ng_url, tree(ng.pid)),
+                started.proxies[0],
                 Proxy("this", this_url, [this.pid]),
                 Proxy(f"other ({other.name})", that_url, [that.pid]),
             ]
             if args.only != "streams":
                 requests(proxies, tmp, args.seconds, args.rounds)
             if args.only != "requests":
-                for url in (url1, url2):
-                    httpx.post(url + "/_control", json={"latency": 0.0}).raise_for_status()
-                streams(proxies, tmp, args.seconds, args.rounds, [url1, url2])
+                stream_cells(proxies, args.seconds, args.rounds, [url1, url2], [w1.pid, w2.pid])
         finally:
             for proc in reversed(procs):
                 proc.stop()
@@ -73,17 +76,17 @@ def requests(proxies: list[Proxy], tmp: Path, seconds: float, rounds: int) -> No
     _report(cpu, "us CPU per request")
 
 
-def streams(
-    proxies: list[Proxy], tmp: Path, seconds: float, rounds: int, worker_urls: list[str]
+def stream_cells(
+    proxies: list[Proxy], seconds: float, rounds: int, worker_urls: list[str], load_pids: list[int]
 ) -> None:
-    print(f"\nstreams of 16 chunks 5 ms apart, 16 connections, {rounds} rounds")
+    print(f"\n{streams.SHORT.label}, {rounds} rounds")
+    streams.prepare(streams.SHORT, worker_urls)
     cpu: dict[str, list[float]] = {p.name: [] for p in proxies}
     for round_ in range(rounds):
-        # One round each, in this round's order; run_streams gives the CPU per stream.
         for proxy in _order(proxies, round_):
-            [row] = run_streams([proxy], tmp, seconds=seconds, rounds=1, worker_urls=worker_urls)
-            assert isinstance(row["cpu_us"], float)
-            cpu[proxy.name].append(row["cpu_us"])
+            sample = streams.sample(proxy, streams.SHORT, seconds=seconds, load_pids=load_pids)
+            assert isinstance(sample["cpu_us_per_stream"], float) and not sample["errors"]
+            cpu[proxy.name].append(sample["cpu_us_per_stream"])
     _report(cpu, "us CPU per stream")
 
 

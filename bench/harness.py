@@ -1,17 +1,16 @@
-"""What every benchmark needs: processes pinned to cores, CPU time from /proc, wrk, nginx."""
+"""What every benchmark needs: processes pinned to cores, CPU time from /proc, wrk."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
-from balancer.fakes.processes import HOST, BalancerProcess, Process, WorkerProcess, free_port
+from balancer.fakes.processes import BalancerProcess, Process, WorkerProcess
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROXY_CORE = "0"
@@ -55,6 +54,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
+@dataclass
+class Proxy:
+    """One way to reach the workers: its base URL, the processes whose CPU time is its cost
+    (none for a direct call), the headers its clients must send, and for a direct call the
+    workers that stream loads spread their connections over."""
+
+    name: str
+    url: str
+    pids: list[int]
+    headers: dict[str, str] = field(default_factory=dict)
+    direct_urls: list[str] = field(default_factory=list)
+    slow: bool = False
+    """So slow (LiteLLM) that one round of the long cells says enough, and saves minutes."""
+
+
 def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Process, str]:
     worker = WorkerProcess(tmp, name, cores=LOAD_CORE, **options)
     worker.start()
@@ -82,59 +96,6 @@ def balancer(
     return proc, proc.url
 
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/nginx-body;
-    proxy_temp_path {tmp}/nginx-proxy;
-    fastcgi_temp_path {tmp}/nginx-fastcgi;
-    uwsgi_temp_path {tmp}/nginx-uwsgi;
-    scgi_temp_path {tmp}/nginx-scgi;
-    upstream workers {{
-{servers}
-        keepalive 256;
-    }}
-    server {{
-        listen {host}:{port};
-        location / {{
-            proxy_pass http://workers;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }}
-    }}
-}}
-"""
-
-
-def nginx(tmp: Path, worker_urls: list[str]) -> tuple[Process, str]:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    port = free_port()
-    servers = "\n".join(f"        server {u.removeprefix('http://')};" for u in worker_urls)
-    conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, servers=servers, host=HOST, port=port))
-    url = f"http://{HOST}:{port}"
-    proc = Process(
-        [binary, "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
-        tmp / "nginx.log",
-        cores=PROXY_CORE,
-        ready_url=url + "/health",
-    )
-    proc.start()
-    return proc, url
-
-
-def nginx_version() -> str:
-    binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    done = subprocess.run([binary, "-v"], capture_output=True, text=True)
-    return done.stderr.strip().removeprefix("nginx version: ")
-
-
 @dataclass(frozen=True)
 class WrkResult:
     requests_per_second: float
@@ -151,9 +112,20 @@ wrk.body = '{body}'
 """
 
 
-def wrk(url: str, body: str, *, connections: int, seconds: float, tmp: Path) -> WrkResult:
+def wrk(
+    url: str,
+    body: str,
+    *,
+    connections: int,
+    seconds: float,
+    tmp: Path,
+    headers: dict[str, str] | None = None,
+) -> WrkResult:
     script = tmp / "post.lua"
-    script.write_text(WRK_SCRIPT.format(body=body))
+    script.write_text(
+        WRK_SCRIPT.format(body=body)
+        + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in (headers or {}).items())
+    )
     done = subprocess.run(
         [
             "taskset",
