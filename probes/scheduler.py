@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import math
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -27,6 +28,34 @@ from probes.checks import Prober
 from probes.monitor import HealthMonitor
 
 log = get_logger("probes.scheduler")
+
+PROBE_TICK = 0.1
+"""Seconds between the instants probes may start at (at most a tenth of the interval). Probes
+that fall due together share one wake-up of the event loop and of the scheduler: a thousand
+workers probed every 5 s cost a third of the CPU they cost at scattered instants (`bench/scale.py`:
+about 140 instead of 430 us per probe)."""
+
+
+class TickedIntervalTrigger(IntervalTrigger):  # type: ignore[misc]  # APScheduler 3 is untyped
+    """APScheduler's interval trigger, its jitter included, with every fire time rounded up to
+    the next multiple of `tick` seconds."""
+
+    def __init__(self, *, seconds: float, jitter: float | None, tick: float) -> None:
+        super().__init__(seconds=seconds, jitter=jitter)
+        self.tick = tick
+
+    def get_next_fire_time(
+        self, previous_fire_time: datetime | None, now: datetime
+    ) -> datetime | None:
+        fire_time: datetime | None = super().get_next_fire_time(previous_fire_time, now)
+        return None if fire_time is None else on_tick(fire_time, self.tick)
+
+
+def on_tick(moment: datetime, tick: float) -> datetime:
+    """The first multiple of `tick` seconds (since the epoch) at or after `moment`."""
+    # round() first: a moment already on a tick must not move a whole tick for a float's error.
+    ticks = math.ceil(round(moment.timestamp() / tick, 6))
+    return datetime.fromtimestamp(ticks * tick, tz=moment.tzinfo)
 
 
 class ProbeScheduler:
@@ -47,6 +76,7 @@ class ProbeScheduler:
         self.monitor = monitor
         self.interval = interval
         self.jitter = jitter
+        self.tick = min(PROBE_TICK, interval / 10)
         self._scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
@@ -81,14 +111,18 @@ class ProbeScheduler:
 
     def _trigger(self, worker: Worker) -> IntervalTrigger:
         interval = self._interval_for(worker)
-        return IntervalTrigger(seconds=interval, jitter=interval * self.jitter or None)
+        return TickedIntervalTrigger(
+            seconds=interval, jitter=interval * self.jitter or None, tick=self.tick
+        )
 
     def _add(self, worker: Worker) -> None:
         if not self._scheduler.running:
             return  # start() adds every worker known by then.
         # The first probe comes soon, spread a little so a restart does not probe all at once.
-        first = datetime.now().astimezone() + timedelta(
-            seconds=random.uniform(0, min(self.interval, 1.0) * self.jitter)
+        first = on_tick(
+            datetime.now().astimezone()
+            + timedelta(seconds=random.uniform(0, min(self.interval, 1.0) * self.jitter)),
+            self.tick,
         )
         _detached(
             self._scheduler.add_job,

@@ -4,10 +4,12 @@ no longer."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import structlog
 
+from probes.scheduler import PROBE_TICK, TickedIntervalTrigger, on_tick
 from tests.inprocess import eventually, in_process
 
 pytestmark = pytest.mark.anyio
@@ -77,3 +79,30 @@ async def test_shutdown_cancels_probes_under_way_so_none_fails_for_the_closed_cl
         assert not lb.parts.probes._in_flight
         assert [e for e in logs if e["log_level"] in ("error", "warning")] == []
         assert [r.getMessage() for r in caplog.records if r.levelname == "ERROR"] == []
+
+
+def test_probes_start_on_ticks_so_those_due_together_share_one_wake_up() -> None:
+    trigger = TickedIntervalTrigger(seconds=5, jitter=0.5, tick=0.1)
+    now = datetime(2026, 1, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    previous = None
+    for _ in range(200):
+        fire = trigger.get_next_fire_time(previous, now)
+        assert fire is not None
+        assert round(fire.timestamp() * 10, 6) == round(fire.timestamp() * 10)
+        if previous is not None:
+            # The interval and its jitter as APScheduler draws them, then at most one tick more.
+            assert 5 <= (fire - previous).total_seconds() < 5 + 0.5 + 0.1
+        previous = now = fire
+
+
+def test_a_moment_on_a_tick_stays_there() -> None:
+    moment = datetime(2026, 1, 1, 12, 0, 0, 300000, tzinfo=UTC)
+    assert on_tick(moment, 0.1) == moment
+    assert on_tick(moment + timedelta(microseconds=1), 0.1) == moment + timedelta(seconds=0.1)
+
+
+async def test_the_tick_is_at_most_a_tenth_of_the_interval() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        assert lb.parts.probes.tick == pytest.approx(0.001)
+    async with in_process(probe_interval=5) as lb:
+        assert lb.parts.probes.tick == pytest.approx(PROBE_TICK)
