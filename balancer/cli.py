@@ -189,12 +189,14 @@ def settle_garbage_collector() -> None:
 def _uvicorn_config(app: Any, settings: Settings, **extra: Any) -> Any:
     import uvicorn
 
+    from balancer.server import HttpProtocol
+
     return uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=HttpProtocol,
         access_log=False,
         log_level=settings.log_level,
         log_config=None,  # its lines go through our logging (balancer.logging), as JSON
