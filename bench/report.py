@@ -175,53 +175,80 @@ def peer_table(results: Results) -> str:
     return "\n".join(lines) + "\n"
 
 
-def request_table(results: Results) -> str:
-    lines = [
-        "| cell | proxy | req/s | p50 ms | p99 ms | p50 added ms | p99 added ms | "
-        "CPU us/request | load core | errors |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in results.requests:
-        lines.append(
-            f"| {r.cell} | {r.proxy} | {fmt(r.rps)} | {fmt(r.p50_ms, 2)} | {fmt(r.p99_ms, 2)} | "
-            f"{fmt(r.added_p50_ms, 2, sign=True)} | {fmt(r.added_p99_ms, 2, sign=True)} | "
-            f"{fmt(r.cpu_us)} | {percent(r.load_busy)} | {r.errors} |"
-        )
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table: the first column left-aligned (names), the others right (figures)."""
+    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def request_table(results: Results) -> str:
+    columns = ["cell", "proxy", "req/s", "p50 ms", "p99 ms", "p50 added ms", "p99 added ms"]
+    columns += ["CPU us/request", "load core", "errors"]
+    rows = [
+        [
+            r.cell,
+            r.proxy,
+            fmt(r.rps),
+            fmt(r.p50_ms, 2),
+            fmt(r.p99_ms, 2),
+            fmt(r.added_p50_ms, 2, sign=True),
+            fmt(r.added_p99_ms, 2, sign=True),
+            fmt(r.cpu_us),
+            percent(r.load_busy),
+            str(r.errors),
+        ]
+        for r in results.requests
+    ]
+    # The cell's name is a name too.
+    return table(columns, rows).replace("|---|---:|", "|---|---|", 1)
 
 
 def open_loop_table(results: Results) -> str:
-    lines = [
-        "| proxy | answered/s | p50 ms | p99 ms | p99.9 ms | p99 added ms | CPU us/request | "
-        "load core | errors | unanswered |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    columns = ["proxy", "answered/s", "p50 ms", "p99 ms", "p99.9 ms", "p99 added ms"]
+    columns += ["CPU us/request", "load core", "errors", "unanswered"]
+    rows = [
+        [
+            r.proxy,
+            fmt(r.answered_per_second),
+            fmt(r.p50_ms, 2),
+            fmt(r.p99_ms, 2),
+            fmt(r.p999_ms, 2),
+            fmt(r.added_p99_ms, 2, sign=True),
+            fmt(r.cpu_us),
+            percent(r.load_busy),
+            str(r.errors),
+            str(r.unanswered),
+        ]
+        for r in results.open_loop
     ]
-    for r in results.open_loop:
-        lines.append(
-            f"| {r.proxy} | {fmt(r.answered_per_second)} | {fmt(r.p50_ms, 2)} | "
-            f"{fmt(r.p99_ms, 2)} | {fmt(r.p999_ms, 2)} | {fmt(r.added_p99_ms, 2, sign=True)} | "
-            f"{fmt(r.cpu_us)} | {percent(r.load_busy)} | {r.errors} | {r.unanswered} |"
-        )
-    return "\n".join(lines) + "\n"
+    return table(columns, rows)
 
 
 def stream_table(results: Results, cell: streams.StreamCell) -> str:
-    lines = [
-        "| proxy | streams/s | chunks/s | first chunk ms | added | first chunk p99 ms | "
-        "gap p99 ms | added | CPU us/stream | CPU us/chunk | proxy core | load core | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    columns = ["proxy", "streams/s", "chunks/s", "first chunk ms", "added", "first chunk p99 ms"]
+    columns += ["gap p99 ms", "added", "CPU us/stream", "CPU us/chunk", "proxy core"]
+    columns += ["load core", "errors"]
+    rows = [
+        [
+            r.proxy,
+            fmt(r.streams_per_second),
+            fmt(r.chunks_per_second),
+            fmt(r.ttft_ms, 2),
+            fmt(r.added_ttft_ms, 2, sign=True),
+            fmt(r.ttft_p99_ms, 2),
+            fmt(r.gap_p99_ms, 2),
+            fmt(r.added_gap_p99_ms, 2, sign=True),
+            fmt(r.cpu_us_per_stream),
+            fmt(r.cpu_us_per_chunk, 1),
+            percent(r.proxy_busy),
+            percent(r.load_busy),
+            str(r.errors),
+        ]
+        for r in results.streams.get(cell.key, [])
     ]
-    for r in results.streams.get(cell.key, []):
-        lines.append(
-            f"| {r.proxy} | {fmt(r.streams_per_second)} | {fmt(r.chunks_per_second)} | "
-            f"{fmt(r.ttft_ms, 2)} | {fmt(r.added_ttft_ms, 2, sign=True)} | "
-            f"{fmt(r.ttft_p99_ms, 2)} | {fmt(r.gap_p99_ms, 2)} | "
-            f"{fmt(r.added_gap_p99_ms, 2, sign=True)} | {fmt(r.cpu_us_per_stream)} | "
-            f"{fmt(r.cpu_us_per_chunk, 1)} | {percent(r.proxy_busy)} | "
-            f"{percent(r.load_busy)} | {r.errors} |"
-        )
     notes = [f"- {r.proxy}: {r.notes}" for r in results.streams.get(cell.key, []) if r.notes]
-    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    return table(columns, rows) + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
 def load_note(results: Results) -> str:
