@@ -19,7 +19,7 @@ DEFAULT_TICK = 0.05
 
 class Deadlines:
     def __init__(self, tick: float = DEFAULT_TICK) -> None:
-        self._sweep = Sweep[Limit](tick, _expire)
+        self._sweep = Sweep[Limit](tick, expire)
 
     def limit(self, seconds: float) -> Limit:
         """`with deadlines.limit(s):` bounds the awaits inside it to `s` seconds, about."""
@@ -30,7 +30,8 @@ class Deadlines:
         await self._sweep.close()
 
 
-def _expire(now: float, limits: Iterable[Limit]) -> None:
+def expire(now: float, limits: Iterable[Limit]) -> None:
+    """One sweep: the tasks whose limits have passed by `now` are cancelled."""
     for limit in limits:
         if now >= limit.until and not limit.expired:
             limit.expired = True
