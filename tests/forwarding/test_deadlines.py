@@ -74,3 +74,4 @@ async def test_a_cancellation_from_outside_in_the_same_moment_is_not_taken_for_t
     task.cancel()  # ...and a shutdown, say, too, before the task has run again
     with pytest.raises(asyncio.CancelledError):
         await task
+    await deadlines.close()
