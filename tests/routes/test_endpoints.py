@@ -357,3 +357,34 @@ async def test_models_retrieve_names_the_model(sdk: openai.AsyncOpenAI, lb: InPr
     await lb.register_openai("org/model-7b", lb.worker("w1"))
     model = await sdk.models.retrieve("org/model-7b")
     assert model.id == "org/model-7b"
+
+
+# Template workers for any model type
+
+
+SD_WEBUI = {
+    "model_name": "sd-webui",
+    "req_url_template": "http://sd/sdapi/v1/txt2img",
+    "body": {"prompt": "{USER_PROMPT}", "steps": 20, "width": 512, "height": 512},
+    "response_extract": "images[0]",
+    "timeout": 120,
+}
+"""The README's Stable Diffusion WebUI registration, pointed at a fake server of its shape."""
+
+
+async def test_an_image_api_without_openai_joins_as_a_template_worker(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    lb.worker("sd")
+    await lb.register(**SD_WEBUI)
+    reply = await lb.client.post(
+        "/api/v1/chat/completions", json={"input": "a red fox", "model_name": "sd-webui"}
+    )
+    assert reply.status_code == 200, reply.text
+    assert picture_text(reply.json()["result"]) == "[sd] a red fox"
+    [sent] = [r for r in lb.fleet.requests if r.url.endswith("/txt2img")]
+    assert sent.json() == {"prompt": "a red fox", "steps": 20, "width": 512, "height": 512}
+    chat = await sdk.chat.completions.create(
+        model="sd-webui", messages=[{"role": "user", "content": "a blue fox"}]
+    )
+    assert picture_text(chat.choices[0].message.content) == "[sd] a blue fox"
