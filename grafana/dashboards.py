@@ -158,8 +158,7 @@ def overview() -> db.Dashboard:
                         "{{endpoint}}",
                     )
                 ],
-                "Chat, responses, images, audio, rerank, score...; `other`: the /v1/ "
-                "pass-through.",
+                "Chat, responses, images, audio, rerank, score...; `other`: the /v1/ pass-through.",
             )
         )
         .with_panel(
