@@ -333,6 +333,20 @@ class FakeWorker:
     async def _responses(self, request: dict[str, Any], send: Send) -> None:
         """The Responses API: stored responses, plain or as typed SSE events."""
         previous = request.get("previous_response_id")
+        if previous is not None and (not isinstance(previous, str) or not previous):
+            await _reply(
+                send,
+                400,
+                {
+                    "error": {
+                        "message": "Invalid 'previous_response_id': expected a response id.",
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": "invalid_value",
+                    }
+                },
+            )
+            return
         if previous is not None and previous not in self.responses:
             await _reply(
                 send,

@@ -82,6 +82,8 @@ class Endpoint:
     """The answer is relayed as it comes, asked for or not (speech audio)."""
     stores_responses: bool = False
     """Answers are stored responses a later request may continue (`previous_response_id`)."""
+    relayed_statuses: tuple[int, ...] = ()
+    """Worker statuses relayed as they are, not tried elsewhere nor charged to the worker."""
 
     @property
     def worker_path(self) -> str:
@@ -168,7 +170,9 @@ async def pass_through(request: Request, balancer: Balancer, record: RequestReco
     """Any other POST under /v1/ whose body names a registered model, relayed to a worker of
     it as it is: the next endpoint a server adds works the day it ships."""
     path = request.url.path
-    endpoint = Endpoint(path, label=PASS_THROUGH_LABEL, events="bytes")
+    # A worker's 404 or 405 for a path it does not have is its answer: a client's typo must
+    # not count as the worker failing (and eject it).
+    endpoint = Endpoint(path, label=PASS_THROUGH_LABEL, events="bytes", relayed_statuses=(404, 405))
     query = request.scope.get("query_string", b"")
     return await _forward(
         request, balancer, record, endpoint, query=query.decode("latin-1"), unknown_path=True
@@ -260,12 +264,12 @@ async def _forward(
         accept = _serving(path, accept)
         if not any(accept(w) for w in workers):
             raise EndpointNotServed(model, path)
-    relayed_statuses: tuple[int, ...] = ()
+    relayed_statuses = endpoint.relayed_statuses
     previous = data.get("previous_response_id") if data and endpoint.stores_responses else None
     if isinstance(previous, str) and previous:
         accept = _pinned(balancer, model, previous, accept)
         # A worker that does not hold the response says so with a 404: that is the answer.
-        relayed_statuses = (404,)
+        relayed_statuses = (*relayed_statuses, 404)
     options = data.get("stream_options") if data else None
     client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
     # Streams carry token counts only when asked; ask on the client's behalf (and take the

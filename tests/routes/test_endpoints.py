@@ -255,6 +255,18 @@ async def test_another_v1_endpoint_naming_a_model_is_relayed_and_labelled_other(
     assert lb.sample("balancer_requests_total", **labels, endpoint="other") == 1
 
 
+async def test_a_path_the_worker_does_not_have_is_its_own_404_and_no_failure_of_it(
+    lb: InProcess,
+) -> None:
+    await lb.register_openai("m", lb.worker("w1"))
+    for _ in range(6):  # more than it takes to eject a failing worker
+        reply = await lb.client.post("/v1/typo", json={"model": "m"})
+        assert reply.status_code == 404
+        assert reply.json()["error"]["message"] == "no route POST /v1/typo"  # the worker's
+    [worker] = lb.parts.registry.workers_of("m") or []
+    assert worker.status != "ejected" and worker.health.consecutive_failures == 0
+
+
 @pytest.mark.parametrize(
     "body",
     [b"", b"not json", b'{"input": "no model"}', b'{"model": ""}', b"[1]"],
