@@ -191,7 +191,8 @@ class _Body:
 
 async def _read(request: Request, balancer: Balancer, endpoint: Endpoint, unknown: bool) -> _Body:
     limit = balancer.settings.max_body_bytes
-    content_type = request.headers.get("content-type")
+    # Only uploads and unknown paths look at the Content-Type (JSON bodies are taken as JSON).
+    content_type = request.headers.get("content-type") if endpoint.form or unknown else None
     if endpoint.form or (unknown and is_form(content_type)):
         form = read_form(await read_body(request, limit), content_type, ("model", "stream"))
         model = form.text("model")
