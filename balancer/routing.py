@@ -38,7 +38,7 @@ from balancer.schemas import ERROR_ENVELOPES, OPERATIONS, Operation
 from balancer.types import ClientApi
 from balancer.wiring import Balancer
 
-Method = Literal["GET", "POST"]
+Method = Literal["GET", "POST", "DELETE"]
 Admin = Literal["", "read", "write"]
 Endpoint = Callable[[Request, Balancer], Awaitable[Response]]
 InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Reply]]
@@ -85,6 +85,12 @@ ROUTES: tuple[Route | InferenceRoute, ...] = (
     InferenceRoute("POST", "/v1/completions", openai.completions, "openai", "openai"),
     InferenceRoute("POST", "/v1/embeddings", openai.embeddings, "openai", "openai"),
     InferenceRoute("POST", "/v1/responses", openai.responses, "openai", "openai"),
+    InferenceRoute(
+        "GET", "/v1/responses/{response_id}", openai.stored_response, "openai", "openai"
+    ),
+    InferenceRoute(
+        "DELETE", "/v1/responses/{response_id}", openai.stored_response, "openai", "openai"
+    ),
     InferenceRoute("POST", "/v1/images/generations", openai.image_generations, "openai", "openai"),
     InferenceRoute("POST", "/v1/images/edits", openai.image_edits, "openai", "openai"),
     InferenceRoute("POST", "/v1/audio/transcriptions", openai.transcriptions, "openai", "openai"),

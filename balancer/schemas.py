@@ -261,6 +261,13 @@ class ResponseObject(BaseModel):
     usage: dict[str, Any] | None = None
 
 
+class Deleted(BaseModel):
+    model_config = _PASSED_ON
+    id: str
+    object: str = Field(examples=["response"])
+    deleted: bool
+
+
 class ImageList(BaseModel):
     model_config = _PASSED_ON
     created: int
@@ -396,6 +403,12 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ),
     ("POST", "/v1/responses"): Operation(
         ResponseRequest, ResponseObject, streams=True, errors=_INFERENCE_ERRORS
+    ),
+    ("GET", "/v1/responses/{response_id}"): Operation(
+        answer=ResponseObject, errors=(401, 404, 502, 503, 504)
+    ),
+    ("DELETE", "/v1/responses/{response_id}"): Operation(
+        answer=Deleted, errors=(401, 404, 502, 503, 504)
     ),
     ("POST", "/v1/images/generations"): Operation(
         ImageRequest, ImageList, errors=_INFERENCE_ERRORS

@@ -36,7 +36,12 @@ def envelope_of(body: Any) -> ClientApi:
 async def test_every_route_of_the_table_is_served(lb: InProcess, route: Route) -> None:
     """GETs answer; POSTs without a body are refused by the endpoint itself, in its route's
     envelope (FastAPI would say "no route" or 405)."""
-    if route.method == "GET":
+    if route.path == "/v1/responses/{response_id}":
+        reply = await lb.client.request(route.method, "/v1/responses/resp_unknown")
+        assert reply.status_code == 404, reply.text
+        assert envelope_of(reply.json()) == route.api
+        assert "does not know which worker holds it" in reply.text
+    elif route.method == "GET":
         await lb.register_openai("some/model", lb.worker("w1"))
         reply = await lb.client.get(route.path.replace("{model}", "some/model"))
         assert reply.status_code == 200, reply.text

@@ -42,7 +42,7 @@ async def test_every_post_documents_its_body_and_no_get_has_one(
 ) -> None:
     operation = document["paths"][route.path][route.method.lower()]
     body = OPERATIONS[(route.method, route.path)].body
-    if route.method == "GET":
+    if route.method in ("GET", "DELETE"):
         assert "requestBody" not in operation
         return
     assert body is not None

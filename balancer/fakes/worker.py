@@ -76,8 +76,9 @@ class FakeWorker:
     def __init__(self, behaviour: Behaviour | None = None, *, seed: int | None = None) -> None:
         self.behaviour = behaviour or Behaviour()
         self.served: dict[str, int] = {}
-        self.responses: dict[str, str] = {}
-        """Stored responses (Responses API): id → output text."""
+        self.responses: dict[str, dict[str, Any]] = {}
+        """Stored responses (Responses API), by id."""
+        self._made = 0
         self._random = random.Random(seed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -111,6 +112,9 @@ class FakeWorker:
             return
         if path == "/_stats":
             await _reply(send, 200, {"name": b.name, "served": self.served})
+            return
+        if path.startswith("/v1/responses/"):
+            await self._stored(method, path.removeprefix("/v1/responses/"), send)
             return
         handler = _ROUTES.get((method, path))
         if handler is None:
@@ -153,11 +157,19 @@ class FakeWorker:
         return f"[{self.behaviour.name}] {prompt}"
 
     async def _chat(self, request: dict[str, Any], send: Send) -> None:
-        if not isinstance(request.get("messages"), list) or not request["messages"]:
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+            # A 400, as real servers answer: a 500 would charge this worker for the caller's
+            # mistake (and a fuzzer's requests could eject it).
             await _reply(
                 send,
                 400,
-                {"error": {"message": "messages is required", "type": "invalid_request_error"}},
+                {
+                    "error": {
+                        "message": "messages is required: an array of message objects",
+                        "type": "invalid_request_error",
+                    }
+                },
             )
             return
         content = request["messages"][-1].get("content", "")
@@ -364,9 +376,8 @@ class FakeWorker:
         given = request.get("input", "")
         prompt = given if isinstance(given, str) else orjson.dumps(given).decode()
         text = self.answer(prompt) + (f" (after {previous})" if previous else "")
-        response_id = f"resp_{self.behaviour.name}_{len(self.responses) + 1}"
-        if request.get("store", True) is not False:
-            self.responses[response_id] = text
+        self._made += 1
+        response_id = f"resp_{self.behaviour.name}_{self._made}"
         model = request.get("model", "fake-model")
         usage = _usage(prompt, text)
         completed = _response_object(response_id, model, text, "completed", previous)
@@ -377,10 +388,33 @@ class FakeWorker:
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
+        if request.get("store", True) is not False:
+            self.responses[response_id] = {**completed, "input": given}
         if not request.get("stream"):
             await self._answer(send, completed)
             return
         await self._response_stream(send, response_id, model, text, completed, previous)
+
+    async def _stored(self, method: str, rest: str, send: Send) -> None:
+        """A stored response: GET it or its input items, or DELETE it."""
+        response_id, _, part = rest.partition("/")
+        stored = self.responses.get(response_id)
+        if stored is None or part not in ("", "input_items") or method not in ("GET", "DELETE"):
+            message = f"No response found with id '{response_id}'."
+            await _reply(
+                send, 404, {"error": {"message": message, "type": "invalid_request_error"}}
+            )
+            return
+        if method == "DELETE":
+            del self.responses[response_id]
+            await _reply(send, 200, {"id": response_id, "object": "response", "deleted": True})
+        elif part == "input_items":
+            given = stored["input"]
+            item = {"id": f"in_{response_id}", "type": "message", "role": "user"}
+            content = [{"type": "input_text", "text": given if isinstance(given, str) else ""}]
+            await _reply(send, 200, {"object": "list", "data": [{**item, "content": content}]})
+        else:
+            await _reply(send, 200, {k: v for k, v in stored.items() if k != "input"})
 
     async def _response_stream(
         self,

@@ -33,6 +33,9 @@ class ResponseOwners:
         """The id of the worker that created the response, if this balancer saw it."""
         return self._owners.get(response_id)
 
+    def forget(self, response_id: str) -> None:
+        self._owners.pop(response_id, None)
+
     def __len__(self) -> int:
         return len(self._owners)
 

@@ -74,6 +74,7 @@ async def relay_openai(
     payload: bytes,
     *,
     stream: bool,
+    method: str = "POST",
     strip_usage: bool = False,
     model: str | None = None,
     content_type: str = "application/json",
@@ -93,10 +94,13 @@ async def relay_openai(
     reply = await send(
         transport,
         worker,
-        "POST",
+        method,
         url,
-        body=payload,
-        headers=upstream_headers(worker, lease.record.request_id, content_type),
+        # A GET or DELETE (a stored response) sends no body at all.
+        body=payload if payload or method == "POST" else None,
+        headers=upstream_headers(
+            worker, lease.record.request_id, content_type if payload else None
+        ),
     )
     answer_type = reply.headers.get("Content-Type", "application/json")
     if not stream or reply.status != 200:

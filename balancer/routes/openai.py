@@ -126,6 +126,44 @@ async def responses(request: Request, balancer: Balancer, record: RequestRecord)
     return await _forward(request, balancer, record, RESPONSES)
 
 
+async def stored_response(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
+    """A stored response (`GET /v1/responses/{id}`, and its `/input_items`), or its deletion
+    (`DELETE`), from the worker that holds it."""
+    require_api_key(request, balancer.settings)
+    rest: str = request.path_params["response_id"]
+    response, _, _ = rest.partition("/")
+    owner_id = balancer.responses.owner(response)
+    owner = balancer.registry.get(owner_id) if owner_id else None
+    if owner is None:
+        raise NotFound(
+            f"response {response}: this balancer does not know which worker holds it (it "
+            "remembers the responses made through it while their workers are registered)"
+        )
+    accept = _pinned(balancer, owner.model, response, _is_openai)
+    query = request.scope.get("query_string", b"").decode("latin-1")
+    path = f"/responses/{rest}" + (f"?{query}" if query else "")
+
+    async def attempt(lease: Lease) -> Relayed:
+        return await relay_openai(
+            balancer.transport,
+            lease,
+            path,
+            b"",
+            stream=False,
+            method=request.method,
+            model=owner.model,
+            estimate=False,
+            relayed_statuses=(404,),
+        )
+
+    served = await balancer.forwarder.run(record, owner.model, attempt, accept=accept)
+    relayed = served.value
+    if request.method == "DELETE" and relayed.status == 200 and rest == response:
+        balancer.responses.forget(response)
+    headers = served_headers(served.worker.id, served.attempts)
+    return Response(relayed.body, relayed.status, headers=headers, media_type=relayed.content_type)
+
+
 async def image_generations(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
     """Images made from a prompt."""
     return await _forward(request, balancer, record, IMAGE_GENERATIONS)

@@ -156,6 +156,22 @@ async def test_a_response_the_balancer_never_saw_gets_the_workers_own_404(
     assert worker.status != "ejected" and worker.health.consecutive_failures == 0
 
 
+async def test_a_stored_response_is_read_and_deleted_at_the_worker_that_holds_it(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    for name in ("w1", "w2", "w3"):
+        await lb.register_openai("m", lb.worker(name), strategy="round_robin")
+    made = await sdk.responses.create(model="m", input="keep me")
+    for _ in range(3):
+        again = await sdk.responses.retrieve(made.id)
+        assert again.id == made.id and again.output_text == made.output_text
+    items = await sdk.responses.input_items.list(made.id)
+    assert [item.model_dump()["content"][0]["text"] for item in items.data] == ["keep me"]
+    await sdk.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError, match="does not know which worker"):
+        await sdk.responses.retrieve(made.id)
+
+
 # Images, audio, rerank, score
 
 
