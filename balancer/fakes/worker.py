@@ -166,7 +166,7 @@ class FakeWorker:
                 400,
                 {
                     "error": {
-                        "message": "messages is required: an array of message objects",
+                        "message": "messages is required",
                         "type": "invalid_request_error",
                     }
                 },
