@@ -9,6 +9,7 @@ completions too: the conversation becomes their {USER_PROMPT}.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,9 @@ async def stored_response(request: Request, balancer: Balancer, record: RequestR
     (`DELETE`), from the worker that holds it."""
     require_api_key(request, balancer.settings)
     rest: str = request.path_params["response_id"]
-    response, _, _ = rest.partition("/")
+    response, _, part = rest.partition("/")
+    if part not in ("", "input_items") or not _SAFE_PATH.fullmatch(f"/{response}"):
+        raise _no_route(request)
     owner_id = balancer.responses.owner(response)
     owner = balancer.registry.get(owner_id) if owner_id else None
     if owner is None:
@@ -207,7 +210,11 @@ async def rerank_v2(request: Request, balancer: Balancer, record: RequestRecord)
 async def pass_through(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
     """Any other POST under /v1/ whose body names a registered model, relayed to a worker of
     it as it is: the next endpoint a server adds works the day it ships."""
-    path = request.url.path
+    path: str = request.scope["path"]
+    if not _SAFE_PATH.fullmatch(path):
+        # Only a plain path under /v1/ is passed on: no `..` that would reach beyond it on the
+        # worker, nothing a URL would read another way.
+        raise _no_route(request)
     # A worker's 404 or 405 for a path it does not have is its answer: a client's typo must
     # not count as the worker failing (and eject it).
     endpoint = Endpoint(path, label=PASS_THROUGH_LABEL, events="bytes", relayed_statuses=(404, 405))
@@ -215,6 +222,11 @@ async def pass_through(request: Request, balancer: Balancer, record: RequestReco
     return await _forward(
         request, balancer, record, endpoint, query=query.decode("latin-1"), unknown_path=True
     )
+
+
+_SAFE_PATH = re.compile(r"(?:/[A-Za-z0-9_~\-][A-Za-z0-9._~\-]*)+")
+"""Segments of letters, digits and `._~-`, none empty and none starting with a dot (so no `.`
+or `..`)."""
 
 
 @dataclass(slots=True)

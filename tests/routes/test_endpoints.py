@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types.responses import (
@@ -294,6 +295,30 @@ async def test_an_unknown_path_without_a_model_is_an_openai_404(lb: InProcess, b
     assert reply.status_code == 404
     assert reply.json()["error"]["code"] == "not_found"
     assert "no route /v1/nothing/here" in reply.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/a/%2E%2E/%2E%2E/admin", "/v1/%2E/x", "/v1/a//b", "/v1/a%20b", "/v1/.hidden"],
+)
+async def test_a_path_that_would_reach_beyond_v1_on_the_worker_is_not_passed_on(
+    lb: InProcess, path: str
+) -> None:
+    await lb.register_openai("m", lb.worker("w1"))
+    reply = await lb.client.post(httpx.URL(f"http://127.0.0.1{path}"), json={"model": "m"})
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == "not_found"
+    assert [r for r in lb.fleet.requests if "/health" not in r.url] == []
+
+
+async def test_a_stored_response_path_cannot_reach_elsewhere_on_its_worker(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    await lb.register_openai("m", lb.worker("w1"))
+    made = await sdk.responses.create(model="m", input="x")
+    reply = await lb.client.get(httpx.URL(f"http://127.0.0.1/v1/responses/{made.id}%2F..%2Fx"))
+    assert reply.status_code == 404
+    assert not [r for r in lb.fleet.requests if r.method == "GET" and "responses" in r.url]
 
 
 async def test_an_unknown_path_naming_an_unknown_model_is_model_not_found(lb: InProcess) -> None:
