@@ -29,6 +29,7 @@ from balancer.errors import (
 from balancer.events import RequestRecord
 from balancer.forwarding import openai_format, sse
 from balancer.forwarding.affinity import response_id
+from balancer.forwarding.forwarder import Served
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.prompt import complete_text
 from balancer.forwarding.relay import Relayed, StreamEvents, relay_openai
@@ -317,9 +318,14 @@ async def _forward(
             raise EndpointNotServed(model, path)
     relayed_statuses = endpoint.relayed_statuses
     previous = data.get("previous_response_id") if data and endpoint.stores_responses else None
+    searching = False
     if isinstance(previous, str) and previous:
-        accept = _pinned(balancer, model, previous, accept)
-        # A worker that does not hold the response says so with a 404: that is the answer.
+        if balancer.responses.owner(previous) is None:
+            # Made before a restart, or through another process of `--workers N`: the worker
+            # that holds it is found by asking, and a 404 is "not here", not a failure.
+            searching = True
+        else:
+            accept = _pinned(balancer, model, previous, accept)
         relayed_statuses = (*relayed_statuses, 404)
     options = data.get("stream_options") if data else None
     client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -368,7 +374,12 @@ async def _forward(
         return await from_template(balancer, lease, data)
 
     served = await balancer.forwarder.run(record, model, attempt, accept=accept)
+    if searching:
+        served = await _search(balancer, record, model, workers, attempt, accept, served)
     relayed = served.value
+    if searching and relayed.status == 200:
+        assert isinstance(previous, str)
+        balancer.responses.remember(previous, served.worker.id)
     if endpoint.stores_responses and relayed.status == 200:
         streamed = relayed.stream is not None
         created = response_id(relayed.head if streamed else relayed.body or b"", streamed=streamed)
@@ -383,6 +394,34 @@ async def _forward(
             close=relayed.close,
         )
     return Response(relayed.body, relayed.status, headers=headers, media_type=relayed.content_type)
+
+
+async def _search(
+    balancer: Balancer,
+    record: RequestRecord,
+    model: str,
+    workers: list[Worker],
+    attempt: Callable[[Lease], Awaitable[Relayed]],
+    accept: Callable[[Worker], bool] | None,
+    served: Served[Relayed],
+) -> Served[Relayed]:
+    """Ask the model's other workers, one by one, while each says it does not hold the
+    response (404): the last answer is the client's."""
+    asked = {served.worker.id}
+    attempts = served.attempts
+    while served.value.status == 404:
+        left = {w.id for w in workers if w.id not in asked and (accept is None or accept(w))}
+        if not left:
+            break
+
+        def unasked(worker: Worker, left: set[str] = left) -> bool:
+            return worker.id in left
+
+        served = await balancer.forwarder.run(record, model, attempt, accept=unasked)
+        asked.add(served.worker.id)
+        attempts += served.attempts
+    served.attempts = attempts
+    return served
 
 
 def _serving(path: str, accept: Callable[[Worker], bool] | None) -> Callable[[Worker], bool]:

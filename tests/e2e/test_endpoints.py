@@ -155,3 +155,34 @@ def test_an_endpoint_no_worker_declares_is_a_404_naming_model_and_endpoint(
     assert model in raised.value.message and "/v1/images/generations" in raised.value.message
     chat = sdk.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
     assert chat.choices[0].message.content == "[good] hi"
+
+
+def test_a_response_made_before_a_restart_is_continued_on_the_worker_that_holds_it(
+    tmp_path: Path, spawn: Callable[..., WorkerProcess]
+) -> None:
+    """The restarted balancer does not know the response: it asks the workers in turn."""
+    workers = [spawn(name) for name in ("a", "b", "c")]
+    balancer = BalancerProcess(tmp_path)
+    balancer.start()
+    try:
+        with balancer.client() as client:
+            for worker in workers:
+                register_openai(client, "kept", worker.url, strategy="round_robin")
+        # (Clients closed before a stop: a kept-alive connection would hold up the shutdown.)
+        with openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0) as sdk:
+            made = [sdk.responses.create(model="kept", input=str(i)) for i in range(3)]
+        balancer.stop()
+        balancer.start()  # the same store: the workers are back, the responses' owners not
+        with openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0) as sdk:
+            for first in made:
+                maker = first.output_text.split("]")[0] + "]"
+                for turn in range(2):
+                    follow = sdk.responses.create(
+                        model="kept", input=f"turn {turn}", previous_response_id=first.id
+                    )
+                    assert follow.output_text == f"{maker} turn {turn} (after {first.id})"
+        with balancer.client() as client:
+            health = client.get("/api/server/health").json()["data"]["kept"]["workers"]
+        assert all(w["status"] != "ejected" for w in health)
+    finally:
+        balancer.stop()

@@ -17,6 +17,7 @@ from openai.types.responses import (
     ResponseTextDeltaEvent,
 )
 
+from balancer.forwarding.affinity import ResponseOwners
 from tests.inprocess import InProcess
 
 pytestmark = pytest.mark.anyio
@@ -145,6 +146,22 @@ async def test_a_response_whose_worker_is_ejected_is_a_clear_503_not_another_wor
         await sdk.responses.create(model="m", input="b", previous_response_id=first.id)
     assert raised.value.status_code == 503
     assert first.id in raised.value.message and "ejected" in raised.value.message
+
+
+async def test_a_response_made_before_a_restart_is_found_on_the_worker_that_holds_it(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    for name in ("w1", "w2", "w3", "w4"):
+        await lb.register_openai("m", lb.worker(name), strategy="round_robin")
+    made = [await sdk.responses.create(model="m", input=str(i)) for i in range(4)]
+    lb.parts.responses = ResponseOwners()  # what a restart (or another process) knows
+    for first in made:
+        maker = first.output_text.split("]")[0] + "]"
+        follow = await sdk.responses.create(model="m", input="on", previous_response_id=first.id)
+        assert follow.output_text == f"{maker} on (after {first.id})"
+    for worker in lb.parts.registry.workers_of("m") or []:
+        assert worker.health.consecutive_failures == 0  # "not here" is no failure
+    assert len(lb.parts.responses) == 8  # the four found, and the four new ones
 
 
 async def test_a_response_the_balancer_never_saw_gets_the_workers_own_404(
