@@ -140,7 +140,7 @@ class Router:
         self._methods: dict[str, list[str]] = {}
         # Routes with a parameter are looked at only when no exact path matched.
         self._with_parameter: dict[str, tuple[str, dict[str, Route | InferenceRoute]]] = {}
-        # Pass-through routes only when nothing else did, by method: (prefix, route).
+        # Pass-through routes only when nothing else did, by method: (prefix, parameter, route).
         self._passthrough: dict[str, list[tuple[str, str, InferenceRoute]]] = {}
         for route in routes:
             prefix, parameter = _split_parameter(route.path)

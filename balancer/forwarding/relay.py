@@ -5,6 +5,11 @@ so a worker that refuses or fails before its first byte can still be swapped for
 it, a broken stream ends with an error event. On the way the relay watches for the first token
 and the usage the worker reports, and writes them to the request's record (estimates where the
 worker reports no usage), and answers with the model name the client used.
+
+Streams are of three kinds (`StreamEvents`): chat and completion chunks, the typed events of the
+Responses API (its first token is the first `response.output_text.delta`, its usage is in
+`response.completed`, and a break ends it with the API's own `error` event), and plain bytes
+(speech audio), relayed untouched.
 """
 
 from __future__ import annotations

@@ -73,8 +73,6 @@ class Endpoint:
     path: str
     """The client's path (what a registration's `endpoints` lists); under /v1/ it is the same
     path under the worker's base URL."""
-    label: str = ""
-    """The `endpoint` label of the request metrics; the path unless said."""
     form: bool = False
     """The body is a multipart/form-data upload (its model in the `model` field)."""
     events: StreamEvents = "chat"
@@ -105,6 +103,7 @@ RERANK = Endpoint("/v1/rerank")
 SCORE = Endpoint("/v1/score")
 RERANK_V2 = Endpoint("/v2/rerank")
 PASS_THROUGH_LABEL = "other"
+"""The `endpoint` label of the pass-through's requests (the label values stay bounded)."""
 
 
 async def chat_completions(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
@@ -218,7 +217,7 @@ async def pass_through(request: Request, balancer: Balancer, record: RequestReco
         raise _no_route(request)
     # A worker's 404 or 405 for a path it does not have is its answer: a client's typo must
     # not count as the worker failing (and eject it).
-    endpoint = Endpoint(path, label=PASS_THROUGH_LABEL, events="bytes", relayed_statuses=(404, 405))
+    endpoint = Endpoint(path, events="bytes", relayed_statuses=(404, 405))
     query = request.scope.get("query_string", b"")
     return await _forward(
         request, balancer, record, endpoint, query=query.decode("latin-1"), unknown_path=True
