@@ -127,12 +127,12 @@ def test_models_retrieve_answers_a_registered_model(
 
 
 def test_previous_response_id_reaches_the_worker_that_made_the_response(
-    client: httpx.Client, sdk: openai.OpenAI, spawn: Callable[..., WorkerProcess]
+    client: httpx.Client, sdk: openai.OpenAI, workers: list[WorkerProcess]
 ) -> None:
     model = unique_model("chat")
-    workers = [spawn(name) for name in ("a", "b", "c")]
     for worker in workers:
         register_openai(client, model, worker.url, strategy="round_robin")
+    before = {w.name: w.served().get("/v1/responses", 0) for w in workers}
     first = sdk.responses.create(model=model, input="remember this")
     maker = first.output_text.split("]")[0][1:]
     for turn in range(3):
@@ -140,7 +140,7 @@ def test_previous_response_id_reaches_the_worker_that_made_the_response(
             model=model, input=f"turn {turn}", previous_response_id=first.id
         )
         assert follow.output_text == f"[{maker}] turn {turn} (after {first.id})"
-    served = {w.name: w.served().get("/v1/responses", 0) for w in workers}
+    served = {w.name: w.served().get("/v1/responses", 0) - before[w.name] for w in workers}
     assert served[maker] == 4 and sum(served.values()) == 4
 
 
@@ -158,10 +158,9 @@ def test_an_endpoint_no_worker_declares_is_a_404_naming_model_and_endpoint(
 
 
 def test_a_response_made_before_a_restart_is_continued_on_the_worker_that_holds_it(
-    tmp_path: Path, spawn: Callable[..., WorkerProcess]
+    tmp_path: Path, workers: list[WorkerProcess]
 ) -> None:
     """The restarted balancer does not know the response: it asks the workers in turn."""
-    workers = [spawn(name) for name in ("a", "b", "c")]
     balancer = BalancerProcess(tmp_path)
     balancer.start()
     try:
