@@ -376,6 +376,18 @@ async def test_an_endpoint_no_worker_serves_is_a_404_naming_model_and_endpoint(
     assert all("/audio/" not in r.url for r in lb.fleet.requests)
 
 
+async def test_an_operategpt_prompt_goes_only_to_workers_that_chat(lb: InProcess) -> None:
+    await lb.register_openai("mix", lb.worker("draw"), endpoints=["/v1/images/generations"])
+    body = {"input": "hi", "model_name": "mix"}
+    reply = await lb.client.post("/api/v1/chat/completions", json=body)
+    assert reply.status_code == 404
+    assert "/api/v1/chat/completions" in reply.json()["msg"] and "mix" in reply.json()["msg"]
+    await lb.register_openai("mix", lb.worker("chat"), endpoints=["/v1/chat/completions"])
+    for _ in range(3):
+        reply = await lb.client.post("/api/v1/chat/completions", json=body)
+        assert reply.json()["result"] == "[chat] hi"
+
+
 @pytest.mark.parametrize("endpoints", [[], ["chat"], ["/v1/chat completions"], "/v1/x"])
 async def test_a_registration_with_bad_endpoints_is_a_400(lb: InProcess, endpoints: object) -> None:
     reply = await lb.client.post(
