@@ -496,6 +496,20 @@ class FakeWorker:
         if request.get("response_format") == "text":
             await _text_reply(send, text)
             return
+        if request.get("stream") == "true":
+            # Typed events, as OpenAI's streamed transcriptions are: deltas, then the text
+            # with its usage.
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            writer = _StreamWriter(send, self.behaviour.chunk_split)
+            for piece in _pieces(text, self.behaviour.chunks):
+                delta = {"type": "transcript.text.delta", "delta": piece}
+                await writer.write(self._event(self._json(delta)))
+            prompt_tokens = len(audio["content"]) // 100 or 1
+            usage = {"type": "tokens", "input_tokens": prompt_tokens, "output_tokens": 5}
+            usage["total_tokens"] = prompt_tokens + 5
+            done = {"type": "transcript.text.done", "text": text, "usage": usage}
+            await writer.write(self._event(self._json(done)), last=True)
+            return
         await self._answer(
             send, {"text": text, "usage": {"type": "duration", "seconds": 1}, "logprobs": None}
         )

@@ -230,6 +230,21 @@ async def test_audio_is_transcribed_and_translated_from_an_upload(
     assert plain.strip() == text.text
 
 
+async def test_a_streamed_transcription_is_metered_from_its_typed_events(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    wid = await lb.register_openai("whisper", lb.worker("w1", chunks=3))
+    stream = await sdk.audio.transcriptions.create(
+        model="whisper", file=("talk.wav", AUDIO), stream=True
+    )
+    events = [event async for event in stream]
+    assert [e.type for e in events] == ["transcript.text.delta"] * 3 + ["transcript.text.done"]
+    assert lb.sample("balancer_time_to_first_token_seconds_count", model="whisper", worker=wid)
+    labels = {"model": "whisper", "worker": wid, "estimated": "false"}
+    assert lb.sample("balancer_input_tokens_total", **labels) == len(AUDIO) // 100
+    assert lb.sample("balancer_output_tokens_total", **labels) == 5
+
+
 async def test_speech_is_relayed_as_a_binary_stream(lb: InProcess, sdk: openai.AsyncOpenAI) -> None:
     await lb.register_openai("tts", lb.worker("w1", chunks=5))
     reply = await lb.client.post("/v1/audio/speech", json={"model": "tts", "input": "hi"})
