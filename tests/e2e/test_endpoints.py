@@ -185,3 +185,16 @@ def test_a_response_made_before_a_restart_is_continued_on_the_worker_that_holds_
         assert all(w["status"] != "ejected" for w in health)
     finally:
         balancer.stop()
+
+
+def test_a_response_stream_broken_by_its_worker_ends_with_an_error_the_sdk_raises(
+    client: httpx.Client, sdk: openai.OpenAI, fresh_worker: WorkerProcess
+) -> None:
+    model = unique_model("broken")
+    register_openai(client, model, fresh_worker.url)
+    fresh_worker.control(break_after=3, chunks=8)
+    seen = []
+    with pytest.raises(openai.APIError, match="broke off the stream"):
+        for event in sdk.responses.create(model=model, input="a long answer", stream=True):
+            seen.append(event.type)
+    assert seen.count("response.output_text.delta") == 3
