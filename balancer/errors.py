@@ -52,6 +52,19 @@ class ModelNotFound(NotFound):
         super().__init__(f"The request model({model}) not exist in llm worker manager", model=model)
 
 
+class EndpointNotServed(NotFound):
+    """No worker of the model declares the endpoint (registration field `endpoints`)."""
+
+    openai_code = "endpoint_not_served"
+
+    def __init__(self, model: str, endpoint: str):
+        super().__init__(
+            f"no worker of model {model} serves {endpoint} (their registrations' endpoints "
+            "field leaves it out)",
+            model=model,
+        )
+
+
 class WorkerNotFound(NotFound):
     def __init__(self) -> None:
         super().__init__("No llm worker to remove.")

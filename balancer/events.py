@@ -29,6 +29,8 @@ class RequestRecord:
     started: float
     """perf_counter() when the request arrived."""
     request_id: str | None = None
+    endpoint: str = ""
+    """The route's bounded label: its path, or `other` for the /v1/ pass-through."""
     model: str | None = None
     """Set once the model is known to be registered: bounded label values only."""
     worker: str | None = None

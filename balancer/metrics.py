@@ -107,8 +107,8 @@ class Metrics:
         self.workers = workers
         self.requests = Counter(
             "balancer_requests_total",
-            "Inference requests answered, by status code.",
-            ["model", "worker", "api", "code"],
+            "Inference requests answered, by endpoint and status code.",
+            ["model", "worker", "api", "endpoint", "code"],
             registry=registry,
         )
         self.request_duration = Histogram(
@@ -289,7 +289,9 @@ class Metrics:
             # Removed while this request was in flight: its series stay gone, and the request
             # counts as one no worker answered.
             worker = ""
-        self._child(self.requests, model, worker, record.api, str(event.status)).inc()
+        self._child(
+            self.requests, model, worker, record.api, record.endpoint, str(event.status)
+        ).inc()
         seconds = event.finished_at - record.started
         self._child(self.request_duration, model, record.api).observe(seconds)
         if record.worker is None:

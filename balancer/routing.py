@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from fastapi import Body, Query
+from fastapi import Body, Form, Query
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -38,7 +38,7 @@ from balancer.schemas import ERROR_ENVELOPES, OPERATIONS, Operation
 from balancer.types import ClientApi
 from balancer.wiring import Balancer
 
-Method = Literal["GET", "POST"]
+Method = Literal["GET", "POST", "DELETE"]
 Admin = Literal["", "read", "write"]
 Endpoint = Callable[[Request, Balancer], Awaitable[Response]]
 InferenceEndpoint = Callable[[Request, Balancer, RequestRecord], Awaitable[Reply]]
@@ -70,12 +70,36 @@ class InferenceRoute:
     endpoint: InferenceEndpoint
     api: ClientApi
     tag: str
+    passthrough: bool = False
+    """A parameter route that takes whatever else is under its prefix (`/v1/{path}`): tried
+    after every other route, and no reason for a 405 on other methods."""
+
+    @property
+    def label(self) -> str:
+        """The `endpoint` label of its metrics: bounded, so `other` for a pass-through."""
+        return openai.PASS_THROUGH_LABEL if self.passthrough else self.path
 
 
 ROUTES: tuple[Route | InferenceRoute, ...] = (
     InferenceRoute("POST", "/v1/chat/completions", openai.chat_completions, "openai", "openai"),
     InferenceRoute("POST", "/v1/completions", openai.completions, "openai", "openai"),
     InferenceRoute("POST", "/v1/embeddings", openai.embeddings, "openai", "openai"),
+    InferenceRoute("POST", "/v1/responses", openai.responses, "openai", "openai"),
+    InferenceRoute(
+        "GET", "/v1/responses/{response_id}", openai.stored_response, "openai", "openai"
+    ),
+    InferenceRoute(
+        "DELETE", "/v1/responses/{response_id}", openai.stored_response, "openai", "openai"
+    ),
+    InferenceRoute("POST", "/v1/images/generations", openai.image_generations, "openai", "openai"),
+    InferenceRoute("POST", "/v1/images/edits", openai.image_edits, "openai", "openai"),
+    InferenceRoute("POST", "/v1/audio/transcriptions", openai.transcriptions, "openai", "openai"),
+    InferenceRoute("POST", "/v1/audio/translations", openai.translations, "openai", "openai"),
+    InferenceRoute("POST", "/v1/audio/speech", openai.speech, "openai", "openai"),
+    InferenceRoute("POST", "/v1/rerank", openai.rerank, "openai", "openai"),
+    InferenceRoute("POST", "/v1/score", openai.score, "openai", "openai"),
+    InferenceRoute("POST", "/v2/rerank", openai.rerank_v2, "openai", "openai"),
+    InferenceRoute("POST", "/v1/{path}", openai.pass_through, "openai", "openai", passthrough=True),
     InferenceRoute("POST", "/api/v1/chat/completions", operategpt.chat, "operategpt", "operategpt"),
     Route("GET", "/v1/models", openai.list_models, "openai", "openai"),
     Route("GET", "/v1/models/{model}", openai.retrieve_model, "openai", "openai"),
@@ -116,9 +140,14 @@ class Router:
         self._methods: dict[str, list[str]] = {}
         # Routes with a parameter are looked at only when no exact path matched.
         self._with_parameter: dict[str, tuple[str, dict[str, Route | InferenceRoute]]] = {}
+        # Pass-through routes only when nothing else did, by method: (prefix, parameter, route).
+        self._passthrough: dict[str, list[tuple[str, str, InferenceRoute]]] = {}
         for route in routes:
             prefix, parameter = _split_parameter(route.path)
-            if parameter is None:
+            if isinstance(route, InferenceRoute) and route.passthrough:
+                assert parameter is not None, route.path
+                self._passthrough.setdefault(route.method, []).append((prefix, parameter, route))
+            elif parameter is None:
                 self._routes[(route.method, route.path)] = route
                 self._methods.setdefault(route.path, []).append(route.method)
             else:
@@ -140,7 +169,19 @@ class Router:
             if allowed:
                 await self._method_not_allowed(allowed, scope, receive, send)
                 return
+            passthrough = self._match_passthrough(scope)
+            if passthrough is not None:
+                await self._serve_inference(passthrough, scope, receive, send)
+                return
         await self.fallback(scope, receive, send)
+
+    def _match_passthrough(self, scope: Scope) -> InferenceRoute | None:
+        path: str = scope["path"]
+        for prefix, parameter, route in self._passthrough.get(scope["method"], ()):
+            if len(path) > len(prefix) and path.startswith(prefix):
+                scope["path_params"] = {parameter: path[len(prefix) :]}
+                return route
+        return None
 
     def _match_parameter(self, scope: Scope) -> Route | InferenceRoute | None:
         """The route whose parameter takes the rest of the path; its value goes to the scope's
@@ -177,7 +218,9 @@ class Router:
     async def _serve_inference(
         self, route: InferenceRoute, scope: Scope, receive: Receive, send: Send
     ) -> None:
-        record = RequestRecord(route.api, time.perf_counter(), request_id_var.get())
+        record = RequestRecord(
+            route.api, time.perf_counter(), request_id_var.get(), endpoint=route.label
+        )
         # What the client is told, unless it leaves before an answer is ready (then 499, as
         # nginx logs a client that closed its request).
         status = CLIENT_CLOSED_REQUEST
@@ -275,8 +318,9 @@ def _describing(operation: Operation) -> Callable[..., Awaitable[Response]]:
         for name, description in operation.query
     ]
     if operation.body is not None:
+        kind = Form(media_type="multipart/form-data") if operation.form else Body()
         body = inspect.Parameter(
-            "body", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[operation.body, Body()]
+            "body", inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[operation.body, kind]
         )
         parameters.append(body)
     describe_only.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
@@ -289,7 +333,7 @@ def _responses(api: ClientApi, operation: Operation) -> dict[int | str, dict[str
         status: {"model": envelope} for status in operation.errors
     }
     responses.update({status: {"model": model} for status, model in operation.other_answers})
-    if operation.answer is not None:
+    if operation.answer is not None or operation.body is not None:
         # Any other error is in the same envelope. Saying so also keeps FastAPI from
         # documenting a 422 of its own body validation, which never runs here.
         responses["default"] = {"model": envelope, "description": "Any other error"}

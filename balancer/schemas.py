@@ -81,6 +81,87 @@ class EmbeddingRequest(BaseModel):
     user: str | None = None
 
 
+class ResponseRequest(BaseModel):
+    """OpenAI's Responses API request, for OpenAI-compatible workers. With
+    `previous_response_id`, it goes to the worker that made that response."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    input: str | list[Any] | None = None
+    instructions: str | None = None
+    previous_response_id: str | None = Field(
+        None, description="Continues this stored response, on the worker that holds it"
+    )
+    stream: bool = False
+    store: bool | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+
+
+class ImageRequest(BaseModel):
+    """OpenAI's image generation request."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    prompt: str
+    n: int | None = Field(None, ge=1)
+    size: str | None = None
+    response_format: Literal["url", "b64_json"] | None = None
+
+
+class ImageEditForm(BaseModel):
+    """OpenAI's image edit request, a multipart/form-data upload."""
+
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    prompt: str
+    image: bytes = Field(description="The image to edit (a file part)")
+
+
+class AudioForm(BaseModel):
+    """OpenAI's transcription (or translation) request, a multipart/form-data upload."""
+
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    file: bytes = Field(description="The audio (a file part)")
+    language: str | None = None
+    response_format: str | None = None
+    stream: bool = False
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's text-to-speech request; the audio is relayed as the worker sends it."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    input: str
+    voice: str | None = None
+    response_format: str | None = None
+
+
+class RerankRequest(BaseModel):
+    """A rerank request (Jina and Cohere shape, as vLLM serves it)."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    query: str
+    documents: list[str | dict[str, Any]]
+    top_n: int | None = Field(None, ge=1)
+
+
+class ScoreRequest(BaseModel):
+    """vLLM's score request: text pairs to score."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+    text_1: str | list[str]
+    text_2: str | list[str]
+
+
+class PassThroughRequest(BaseModel):
+    """Any other OpenAI-style request: relayed to a worker of its model as it is."""
+
+    model_config = _PASSED_ON
+    model: str = Field(min_length=1, description="A registered model_name", examples=["demo"])
+
+
 class OperateGPTRequest(BaseModel):
     """OperateGPT's inference request: one prompt for a worker of the model."""
 
@@ -166,6 +247,46 @@ class EmbeddingList(BaseModel):
     data: list[Embedding]
     model: str
     usage: Usage | None = None
+
+
+class ResponseObject(BaseModel):
+    """A response of the Responses API; with `"stream": true`, typed server-sent events
+    (`response.created`, `response.output_text.delta`, ..., `response.completed`)."""
+
+    model_config = _PASSED_ON
+    id: str
+    object: str = Field(examples=["response"])
+    model: str
+    output: list[Any]
+    usage: dict[str, Any] | None = None
+
+
+class Deleted(BaseModel):
+    model_config = _PASSED_ON
+    id: str
+    object: str = Field(examples=["response"])
+    deleted: bool
+
+
+class ImageList(BaseModel):
+    model_config = _PASSED_ON
+    created: int
+    data: list[dict[str, Any]]
+
+
+class Transcription(BaseModel):
+    model_config = _PASSED_ON
+    text: str
+
+
+class RerankAnswer(BaseModel):
+    model_config = _PASSED_ON
+    results: list[dict[str, Any]]
+
+
+class ScoreList(BaseModel):
+    model_config = _PASSED_ON
+    data: list[dict[str, Any]]
 
 
 class ModelObject(BaseModel):
@@ -263,6 +384,8 @@ class Operation:
     """The error statuses it answers with (in its route's envelope)."""
     other_answers: tuple[tuple[int, type[BaseModel]], ...] = ()
     """Other statuses it answers with, and what they carry."""
+    form: bool = False
+    """The body is a multipart/form-data upload, not JSON."""
 
 
 _INFERENCE_ERRORS = (400, 401, 404, 413, 502, 503, 504)
@@ -278,6 +401,32 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("POST", "/v1/embeddings"): Operation(
         EmbeddingRequest, EmbeddingList, errors=_INFERENCE_ERRORS
     ),
+    ("POST", "/v1/responses"): Operation(
+        ResponseRequest, ResponseObject, streams=True, errors=_INFERENCE_ERRORS
+    ),
+    ("GET", "/v1/responses/{response_id}"): Operation(
+        answer=ResponseObject, errors=(401, 404, 502, 503, 504)
+    ),
+    ("DELETE", "/v1/responses/{response_id}"): Operation(
+        answer=Deleted, errors=(401, 404, 502, 503, 504)
+    ),
+    ("POST", "/v1/images/generations"): Operation(
+        ImageRequest, ImageList, errors=_INFERENCE_ERRORS
+    ),
+    ("POST", "/v1/images/edits"): Operation(
+        ImageEditForm, ImageList, errors=_INFERENCE_ERRORS, form=True
+    ),
+    ("POST", "/v1/audio/transcriptions"): Operation(
+        AudioForm, Transcription, errors=_INFERENCE_ERRORS, form=True
+    ),
+    ("POST", "/v1/audio/translations"): Operation(
+        AudioForm, Transcription, errors=_INFERENCE_ERRORS, form=True
+    ),
+    ("POST", "/v1/audio/speech"): Operation(SpeechRequest, errors=_INFERENCE_ERRORS),
+    ("POST", "/v1/rerank"): Operation(RerankRequest, RerankAnswer, errors=_INFERENCE_ERRORS),
+    ("POST", "/v1/score"): Operation(ScoreRequest, ScoreList, errors=_INFERENCE_ERRORS),
+    ("POST", "/v2/rerank"): Operation(RerankRequest, RerankAnswer, errors=_INFERENCE_ERRORS),
+    ("POST", "/v1/{path}"): Operation(PassThroughRequest, errors=_INFERENCE_ERRORS),
     ("POST", "/api/v1/chat/completions"): Operation(
         OperateGPTRequest, OperateGPTAnswer, errors=_INFERENCE_ERRORS
     ),

@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 
 from balancer.config import Settings
 from balancer.events import Events
+from balancer.forwarding.affinity import ResponseOwners
 from balancer.forwarding.forwarder import Forwarder
 from balancer.forwarding.retry_budget import RetryBudget
 from balancer.forwarding.transport import AiohttpTransport, Transport
@@ -37,6 +38,8 @@ class Balancer:
     probes: ProbeScheduler
     probe_client: ProbeClient
     metrics: Metrics
+    responses: ResponseOwners
+    """Which worker holds each stored response (Responses API `previous_response_id`)."""
 
 
 def build(
@@ -97,6 +100,7 @@ def build(
         probes=probes,
         probe_client=probe_client,
         metrics=metrics,
+        responses=ResponseOwners(),
     )
     connect(balancer)
     return balancer

@@ -150,6 +150,19 @@ def overview() -> db.Dashboard:
         )
         .with_panel(
             graph(
+                "Requests per second by endpoint",
+                "reqps",
+                [
+                    (
+                        f"sum by (endpoint) (rate(balancer_requests_total{{{M}}}[{RATE}]))",
+                        "{{endpoint}}",
+                    )
+                ],
+                "Chat, responses, images, audio, rerank, score...; `other`: the /v1/ pass-through.",
+            )
+        )
+        .with_panel(
+            graph(
                 "Error ratio by model",
                 "percentunit",
                 [(f"model:balancer_errors:ratio_rate1m{{{M}}}", "{{model}}")],

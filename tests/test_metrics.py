@@ -69,7 +69,16 @@ async def test_one_request_moves_each_metric_once(lb: InProcess) -> None:
     )
     assert reply.status_code == 200
     mw = {"model": "m", "worker": worker}
-    assert lb.sample("balancer_requests_total", **mw, api="operategpt", code="200") == 1
+    assert (
+        lb.sample(
+            "balancer_requests_total",
+            **mw,
+            api="operategpt",
+            endpoint="/api/v1/chat/completions",
+            code="200",
+        )
+        == 1
+    )
     assert lb.sample("balancer_request_duration_seconds_count", model="m", api="operategpt") == 1
     assert lb.sample("balancer_upstream_duration_seconds_count", **mw, outcome="success") == 1
     assert lb.sample("balancer_overhead_seconds_count", model="m", api="operategpt") == 1
@@ -154,9 +163,27 @@ async def test_a_client_that_leaves_before_its_answer_counts_as_499_not_as_an_er
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="499") == 1
     assert (
-        lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="500") is None
+        lb.sample(
+            "balancer_requests_total",
+            model="m",
+            worker="",
+            api="openai",
+            endpoint="/v1/chat/completions",
+            code="499",
+        )
+        == 1
+    )
+    assert (
+        lb.sample(
+            "balancer_requests_total",
+            model="m",
+            worker="",
+            api="openai",
+            endpoint="/v1/chat/completions",
+            code="500",
+        )
+        is None
     )
 
 
@@ -187,7 +214,17 @@ async def test_a_stream_that_ends_after_its_worker_is_removed_does_not_bring_bac
     reply = await stream_while_taken_offline(lb, "m", url, joining=lb.worker("staying"))
     assert "data: [DONE]" in reply
     assert labelled(lb, "worker", leaving) == []
-    assert lb.sample("balancer_requests_total", model="m", worker="", api="openai", code="200") == 1
+    assert (
+        lb.sample(
+            "balancer_requests_total",
+            model="m",
+            worker="",
+            api="openai",
+            endpoint="/v1/chat/completions",
+            code="200",
+        )
+        == 1
+    )
     assert lb.sample("balancer_request_duration_seconds_count", model="m", api="openai") == 1
 
 

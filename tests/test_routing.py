@@ -14,6 +14,7 @@ from starlette.types import Receive, Scope, Send
 
 from balancer.config import Settings
 from balancer.routing import ROUTES, InferenceRoute, Route, Router
+from balancer.schemas import OPERATIONS
 from balancer.types import ClientApi
 from balancer.wiring import Balancer, build
 from tests.inprocess import InProcess
@@ -35,16 +36,34 @@ def envelope_of(body: Any) -> ClientApi:
 async def test_every_route_of_the_table_is_served(lb: InProcess, route: Route) -> None:
     """GETs answer; POSTs without a body are refused by the endpoint itself, in its route's
     envelope (FastAPI would say "no route" or 405)."""
-    if route.method == "GET":
+    if route.path == "/v1/responses/{response_id}":
+        reply = await lb.client.request(route.method, "/v1/responses/resp_unknown")
+        assert reply.status_code == 404, reply.text
+        assert envelope_of(reply.json()) == route.api
+        assert "does not know which worker holds it" in reply.text
+    elif route.method == "GET":
         await lb.register_openai("some/model", lb.worker("w1"))
         reply = await lb.client.get(route.path.replace("{model}", "some/model"))
         assert reply.status_code == 200, reply.text
+    elif OPERATIONS[(route.method, route.path)].form:
+        reply = await lb.client.post(route.path, content=b"", headers=FORM_HEADER)
+        assert reply.status_code == 400, reply.text
+        assert envelope_of(reply.json()) == route.api
+        assert "model is required" in reply.text
+    elif route.path == "/v1/{path}":
+        reply = await lb.client.post("/v1/anything", content=b"", headers=JSON_HEADER)
+        assert reply.status_code == 404, reply.text
+        assert envelope_of(reply.json()) == route.api
+        assert "no route /v1/anything" in reply.text
     else:
-        json_header = {"Content-Type": "application/json"}
-        reply = await lb.client.post(route.path, content=b"", headers=json_header)
+        reply = await lb.client.post(route.path, content=b"", headers=JSON_HEADER)
         assert reply.status_code == 400, reply.text
         assert envelope_of(reply.json()) == route.api
         assert "request body is empty" in reply.text
+
+
+JSON_HEADER = {"Content-Type": "application/json"}
+FORM_HEADER = {"Content-Type": "multipart/form-data; boundary=x"}
 
 
 @pytest.mark.parametrize(

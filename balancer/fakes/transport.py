@@ -115,6 +115,8 @@ class FakeFleet:
 
     workers: dict[str, FakeWorker] = field(default_factory=dict)
     stopped: set[str] = field(default_factory=set)
+    requests: list[SentRequest] = field(default_factory=list)
+    """Every request sent to the fleet (probes too), in order."""
 
     def add(self, name: str, **behaviour: Any) -> str:
         """A new worker; returns its base URL."""
@@ -145,6 +147,7 @@ class FleetTransport:
         headers: Mapping[str, str],
         body: bytes | None,
     ) -> _AsgiResponse:
+        self.fleet.requests.append(SentRequest(method, url, headers, body))
         app = self.fleet.app_for(url)
         if app is None:
             raise TransportError("connect", "cannot connect to the worker: it is down")

@@ -2,7 +2,12 @@
 
 It speaks both APIs a worker may have: OpenAI-compatible (`/v1/...`, with SSE streaming) and an
 OperateGPT-style template API (`/api/generate`, answer at `data.items[].attributes.answer`). It
-answers `[<name>] <prompt>`, so a caller can tell who answered what. A raw ASGI app, so that it is
+answers `[<name>] <prompt>`, so a caller can tell who answered what. Beside chat, completions and
+embeddings it answers every other endpoint in its real API's shape: the Responses API (stored
+responses that `previous_response_id` continues, typed SSE events), images (generations, and
+edits as a form upload), audio (transcriptions and translations of a form upload, speech as a
+binary stream), rerank and score (vLLM's), moderations, and a Stable Diffusion WebUI style
+`/sdapi/v1/txt2img` (`{"images": ["<base64>"]}`) for template workers. A raw ASGI app, so that it is
 never the bottleneck of a benchmark. Its behaviour (latency, failures, stalls) can be changed while
 it runs with `POST /_control`; `GET /_stats` counts what it served.
 """
@@ -10,7 +15,9 @@ it runs with `POST /_control`; `GET /_stats` counts what it served.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
 import json
 import random
 import time
@@ -18,6 +25,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import orjson
+from python_multipart.multipart import parse_form
 from starlette.types import Receive, Scope, Send
 
 from balancer.forwarding import sse
@@ -68,6 +76,9 @@ class FakeWorker:
     def __init__(self, behaviour: Behaviour | None = None, *, seed: int | None = None) -> None:
         self.behaviour = behaviour or Behaviour()
         self.served: dict[str, int] = {}
+        self.responses: dict[str, dict[str, Any]] = {}
+        """Stored responses (Responses API), by id."""
+        self._made = 0
         self._random = random.Random(seed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -102,14 +113,21 @@ class FakeWorker:
         if path == "/_stats":
             await _reply(send, 200, {"name": b.name, "served": self.served})
             return
+        if path.startswith("/v1/responses/"):
+            await self._stored(method, path.removeprefix("/v1/responses/"), send)
+            return
         handler = _ROUTES.get((method, path))
         if handler is None:
             await _reply(send, 404, {"error": {"message": f"no route {method} {path}"}})
             return
+        content_type = dict(scope["headers"]).get(b"content-type", b"")
         try:
-            request = orjson.loads(body) if body else {}
-        except orjson.JSONDecodeError:
-            await _reply(send, 400, {"error": {"message": "body is not JSON"}})
+            if content_type.startswith(b"multipart/form-data"):
+                request = _form(content_type, body)
+            else:
+                request = orjson.loads(body) if body else {}
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            await _reply(send, 400, {"error": {"message": f"body is not JSON or a form: {exc}"}})
             return
         if method == "GET":
             request = dict(_query(scope))
@@ -139,11 +157,19 @@ class FakeWorker:
         return f"[{self.behaviour.name}] {prompt}"
 
     async def _chat(self, request: dict[str, Any], send: Send) -> None:
-        if not isinstance(request.get("messages"), list) or not request["messages"]:
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
+            # A 400, as real servers answer: a 500 would charge this worker for the caller's
+            # mistake (and a fuzzer's requests could eject it).
             await _reply(
                 send,
                 400,
-                {"error": {"message": "messages is required", "type": "invalid_request_error"}},
+                {
+                    "error": {
+                        "message": "messages is required",
+                        "type": "invalid_request_error",
+                    }
+                },
             )
             return
         content = request["messages"][-1].get("content", "")
@@ -316,6 +342,338 @@ class FakeWorker:
             send, 200, {"data": {"items": [{"attributes": {"answer": text, "request": request}}]}}
         )
 
+    async def _responses(self, request: dict[str, Any], send: Send) -> None:
+        """The Responses API: stored responses, plain or as typed SSE events."""
+        previous = request.get("previous_response_id")
+        if previous is not None and (not isinstance(previous, str) or not previous):
+            await _reply(
+                send,
+                400,
+                {
+                    "error": {
+                        "message": "Invalid 'previous_response_id': expected a response id.",
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": "invalid_value",
+                    }
+                },
+            )
+            return
+        if previous is not None and previous not in self.responses:
+            await _reply(
+                send,
+                404,
+                {
+                    "error": {
+                        "message": f"Previous response with id '{previous}' not found.",
+                        "type": "invalid_request_error",
+                        "param": "previous_response_id",
+                        "code": "previous_response_not_found",
+                    }
+                },
+            )
+            return
+        given = request.get("input", "")
+        prompt = given if isinstance(given, str) else orjson.dumps(given).decode()
+        text = self.answer(prompt) + (f" (after {previous})" if previous else "")
+        self._made += 1
+        response_id = f"resp_{self.behaviour.name}_{self._made}"
+        model = request.get("model", "fake-model")
+        usage = _usage(prompt, text)
+        completed = _response_object(response_id, model, text, "completed", previous)
+        completed["usage"] = {
+            "input_tokens": usage["prompt_tokens"],
+            "output_tokens": usage["completion_tokens"],
+            "total_tokens": usage["total_tokens"],
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+        if request.get("store", True) is not False:
+            self.responses[response_id] = {**completed, "input": given}
+        if not request.get("stream"):
+            await self._answer(send, completed)
+            return
+        await self._response_stream(send, response_id, model, text, completed, previous)
+
+    async def _stored(self, method: str, rest: str, send: Send) -> None:
+        """A stored response: GET it or its input items, or DELETE it."""
+        response_id, _, part = rest.partition("/")
+        stored = self.responses.get(response_id)
+        if stored is None or part not in ("", "input_items") or method not in ("GET", "DELETE"):
+            message = f"No response found with id '{response_id}'."
+            await _reply(
+                send, 404, {"error": {"message": message, "type": "invalid_request_error"}}
+            )
+            return
+        if method == "DELETE":
+            del self.responses[response_id]
+            await _reply(send, 200, {"id": response_id, "object": "response", "deleted": True})
+        elif part == "input_items":
+            given = stored["input"]
+            item = {"id": f"in_{response_id}", "type": "message", "role": "user"}
+            content = [{"type": "input_text", "text": given if isinstance(given, str) else ""}]
+            await _reply(send, 200, {"object": "list", "data": [{**item, "content": content}]})
+        else:
+            await _reply(send, 200, {k: v for k, v in stored.items() if k != "input"})
+
+    async def _response_stream(
+        self,
+        send: Send,
+        response_id: str,
+        model: str,
+        text: str,
+        completed: dict[str, Any],
+        previous: str | None,
+    ) -> None:
+        b = self.behaviour
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+        writer = _StreamWriter(send, b.chunk_split)
+        sequence = iter(range(1_000_000))
+        item_id = f"msg_{response_id}"
+
+        def event(kind: str, **fields: Any) -> bytes:
+            document = {"type": kind, "sequence_number": next(sequence), **fields}
+            return b"event: " + kind.encode() + b"\n" + self._event(self._json(document))
+
+        started = _response_object(response_id, model, "", "in_progress", previous)
+        item = {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant"}
+        part = {"type": "output_text", "text": "", "annotations": []}
+        place = {"item_id": item_id, "output_index": 0, "content_index": 0}
+        await writer.write(
+            event("response.created", response=started)
+            + event("response.in_progress", response=started)
+            + event("response.output_item.added", output_index=0, item={**item, "content": []})
+            + event("response.content_part.added", **place, part=part)
+        )
+        for index, piece in enumerate(_pieces(text, b.chunks)):
+            if index == b.break_after:
+                raise ConnectionAbortedError(f"{b.name} breaks the stream on purpose")
+            if index and b.chunk_delay:
+                await asyncio.sleep(b.chunk_delay)
+            await writer.write(event("response.output_text.delta", **place, delta=piece))
+        done_part = {**part, "text": text}
+        await writer.write(
+            event("response.output_text.done", **place, text=text)
+            + event("response.content_part.done", **place, part=done_part)
+            + event(
+                "response.output_item.done",
+                output_index=0,
+                item={**item, "status": "completed", "content": [done_part]},
+            )
+            + event("response.completed", response=completed),
+            last=True,
+        )
+
+    async def _images(self, request: dict[str, Any], send: Send) -> None:
+        prompt = str(request.get("prompt", ""))
+        source = request.get("image")
+        seen = f" edited {source['filename']} ({len(source['content'])} bytes)" if source else ""
+        picture = _picture(self.answer(prompt) + seen)
+        n = request.get("n") or 1
+        await self._answer(
+            send,
+            {
+                "created": int(time.time()),
+                "data": [{"b64_json": picture, "revised_prompt": prompt}] * int(n),
+                "usage": {
+                    "input_tokens": len(prompt.split()) or 1,
+                    "output_tokens": 272,
+                    "total_tokens": (len(prompt.split()) or 1) + 272,
+                },
+            },
+        )
+
+    async def _transcription(self, request: dict[str, Any], send: Send) -> None:
+        audio = request.get("file")
+        if not isinstance(audio, dict):
+            await _reply(
+                send,
+                400,
+                {"error": {"message": "file is required", "type": "invalid_request_error"}},
+            )
+            return
+        text = self.answer(f"heard {len(audio['content'])} bytes of {audio['filename']}")
+        if request.get("response_format") == "text":
+            await _text_reply(send, text)
+            return
+        if request.get("stream") == "true":
+            # Typed events, as OpenAI's streamed transcriptions are: deltas, then the text
+            # with its usage.
+            await send({"type": "http.response.start", "status": 200, "headers": _SSE})
+            writer = _StreamWriter(send, self.behaviour.chunk_split)
+            for piece in _pieces(text, self.behaviour.chunks):
+                delta = {"type": "transcript.text.delta", "delta": piece}
+                await writer.write(self._event(self._json(delta)))
+            prompt_tokens = len(audio["content"]) // 100 or 1
+            usage = {"type": "tokens", "input_tokens": prompt_tokens, "output_tokens": 5}
+            usage["total_tokens"] = prompt_tokens + 5
+            done = {"type": "transcript.text.done", "text": text, "usage": usage}
+            await writer.write(self._event(self._json(done)), last=True)
+            return
+        await self._answer(
+            send, {"text": text, "usage": {"type": "duration", "seconds": 1}, "logprobs": None}
+        )
+
+    async def _speech(self, request: dict[str, Any], send: Send) -> None:
+        """Audio as the real API sends it: binary, in chunks, `chunks` of them."""
+        b = self.behaviour
+        audio = b"ID3" + self.answer(str(request.get("input", ""))).encode() * 64
+        kind = {"wav": b"audio/wav", "pcm": b"audio/pcm", "opus": b"audio/opus"}.get(
+            str(request.get("response_format")), b"audio/mpeg"
+        )
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
+        )
+        step = -(-len(audio) // max(1, b.chunks))
+        for index, start in enumerate(range(0, len(audio), step)):
+            if index == b.break_after:
+                raise ConnectionAbortedError(f"{b.name} breaks the stream on purpose")
+            if index and b.chunk_delay:
+                await asyncio.sleep(b.chunk_delay)
+            more = start + step < len(audio)
+            chunk = audio[start : start + step]
+            await send({"type": "http.response.body", "body": chunk, "more_body": more})
+
+    async def _rerank(self, request: dict[str, Any], send: Send) -> None:
+        """vLLM's rerank answer (Jina's shape; Cohere's v2 is the same results)."""
+        query = str(request.get("query", ""))
+        documents = request.get("documents") or []
+        results: list[dict[str, Any]] = [
+            {
+                "index": index,
+                "document": {"text": _document_text(document)},
+                "relevance_score": _similarity(query, _document_text(document)),
+            }
+            for index, document in enumerate(documents)
+        ]
+        results.sort(key=lambda r: -float(r["relevance_score"]))
+        if request.get("top_n"):
+            results = results[: int(request["top_n"])]
+        tokens = len(query.split()) + sum(len(_document_text(d).split()) for d in documents)
+        await self._answer(
+            send,
+            {
+                "id": f"rerank-{self.behaviour.name}",
+                "model": request.get("model", "fake-model"),
+                "usage": {"total_tokens": tokens or 1},
+                "results": results,
+            },
+        )
+
+    async def _score(self, request: dict[str, Any], send: Send) -> None:
+        first, second = request.get("text_1", ""), request.get("text_2", "")
+        seconds = second if isinstance(second, list) else [second]
+        firsts = first if isinstance(first, list) else [first] * len(seconds)
+        data = [
+            {"index": i, "object": "score", "score": _similarity(str(a), str(b))}
+            for i, (a, b) in enumerate(zip(firsts, seconds, strict=False))
+        ]
+        await self._answer(
+            send,
+            {
+                "id": f"score-{self.behaviour.name}",
+                "object": "list",
+                "created": int(time.time()),
+                "model": request.get("model", "fake-model"),
+                "data": data,
+                "usage": {"prompt_tokens": len(data), "total_tokens": len(data)},
+            },
+        )
+
+    async def _moderations(self, request: dict[str, Any], send: Send) -> None:
+        await self._answer(
+            send,
+            {
+                "id": f"modr-{self.behaviour.name}",
+                "model": request.get("model", "fake-model"),
+                "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
+            },
+        )
+
+    async def _txt2img(self, request: dict[str, Any], send: Send) -> None:
+        """Stable Diffusion WebUI's txt2img: images as base64, no OpenAI anywhere."""
+        prompt = str(request.get("prompt", ""))
+        await _reply(
+            send,
+            200,
+            {
+                "images": [_picture(self.answer(prompt))],
+                "parameters": request,
+                "info": orjson.dumps({"prompt": prompt, "seed": 1}).decode(),
+            },
+        )
+
+
+def _response_object(
+    response_id: str, model: str, text: str, status: str, previous: str | None
+) -> dict[str, Any]:
+    output = []
+    if text:
+        output.append(
+            {
+                "id": f"msg_{response_id}",
+                "type": "message",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        )
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "status": status,
+        "model": model,
+        "output": output,
+        "previous_response_id": previous,
+        "parallel_tool_calls": True,
+        "tool_choice": "auto",
+        "tools": [],
+        "usage": None,
+    }
+
+
+def _pieces(text: str, chunks: int) -> list[str]:
+    step = -(-len(text) // max(1, chunks)) or 1
+    return [text[i : i + step] for i in range(0, len(text), step)] or [""]
+
+
+def _picture(text: str) -> str:
+    """A "picture" that says who made it of what: base64, as image APIs send them."""
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + text.encode()).decode()
+
+
+def _document_text(document: Any) -> str:
+    if isinstance(document, dict):
+        return str(document.get("text", ""))
+    return str(document)
+
+
+def _similarity(a: str, b: str) -> float:
+    words_a, words_b = set(a.lower().split()), set(b.lower().split())
+    if not words_a or not words_b:
+        return 0.0
+    return round(len(words_a & words_b) / len(words_a | words_b), 4)
+
+
+def _form(content_type: bytes, body: bytes) -> dict[str, Any]:
+    """A multipart/form-data body: text fields as strings, files as {filename, content}."""
+    found: dict[str, Any] = {}
+
+    def on_field(field: Any) -> None:
+        found[field.field_name.decode()] = (field.value or b"").decode()
+
+    def on_file(file: Any) -> None:
+        file.file_object.seek(0)
+        found[file.field_name.decode()] = {
+            "filename": (file.file_name or b"").decode(),
+            "content": file.file_object.read(),
+        }
+
+    headers = {"Content-Type": content_type, "Content-Length": str(len(body)).encode()}
+    parse_form(headers, io.BytesIO(body), on_field, on_file)
+    return found
+
 
 class _StreamWriter:
     """Writes a stream's events; with `cut`, only that many bytes of each, the rest with the
@@ -341,6 +699,17 @@ _ROUTES = {
     ("POST", "/api/generate"): FakeWorker._generate,
     ("GET", "/api/generate"): FakeWorker._generate,
     ("POST", "/api/text"): FakeWorker._text,
+    ("POST", "/v1/responses"): FakeWorker._responses,
+    ("POST", "/v1/images/generations"): FakeWorker._images,
+    ("POST", "/v1/images/edits"): FakeWorker._images,
+    ("POST", "/v1/audio/transcriptions"): FakeWorker._transcription,
+    ("POST", "/v1/audio/translations"): FakeWorker._transcription,
+    ("POST", "/v1/audio/speech"): FakeWorker._speech,
+    ("POST", "/v1/rerank"): FakeWorker._rerank,
+    ("POST", "/v2/rerank"): FakeWorker._rerank,
+    ("POST", "/v1/score"): FakeWorker._score,
+    ("POST", "/v1/moderations"): FakeWorker._moderations,
+    ("POST", "/sdapi/v1/txt2img"): FakeWorker._txt2img,
     ("GET", "/api/text"): FakeWorker._text,
 }
 
@@ -381,6 +750,12 @@ async def _reply(
         }
     )
     await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+
+
+async def _text_reply(send: Send, text: str) -> None:
+    headers = [(b"content-type", b"text/plain; charset=utf-8")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": text.encode()})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -91,14 +91,24 @@ def text_completion_stream(model: str, prompt: str, text: str) -> bytes:
 
 
 def usage_counts(document: object) -> tuple[int, int] | None:
-    """(prompt_tokens, completion_tokens) from an OpenAI `usage` object, if it has one."""
+    """(prompt_tokens, completion_tokens) from an OpenAI `usage` object, if it has one: a
+    completion's (`prompt_tokens`, `completion_tokens`), a Responses API answer's or event's
+    (`input_tokens`, `output_tokens`, in `response` for an event), or a reranker's
+    (`total_tokens` alone, all of them input)."""
     if not isinstance(document, dict):
         return None
     usage = document.get("usage")
     if not isinstance(usage, dict):
-        return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens", 0)
+        inner = document.get("response")
+        usage = inner.get("usage") if isinstance(inner, dict) else None
+        if not isinstance(usage, dict):
+            return None
+    if "prompt_tokens" in usage:
+        prompt, completion = usage["prompt_tokens"], usage.get("completion_tokens", 0)
+    elif "input_tokens" in usage:
+        prompt, completion = usage["input_tokens"], usage.get("output_tokens", 0)
+    else:
+        prompt, completion = usage.get("total_tokens"), 0
     if not isinstance(prompt, int) or not isinstance(completion, int):
         return None
     return prompt, completion
@@ -120,13 +130,24 @@ def prompt_text(request: object) -> str:
         for message in messages:
             if isinstance(message, dict):
                 parts.append(_any_text(message.get("content")))
-    for key in ("prompt", "input"):
-        parts.append(_any_text(request.get(key)))
+    for key in ("prompt", "input", "instructions"):
+        value = request.get(key)
+        if isinstance(value, list):
+            # Responses API input items: messages whose content is text or text parts.
+            value = [
+                item.get("content") if isinstance(item, dict) and "content" in item else item
+                for item in value
+            ]
+        parts.append(_any_text(value))
     return "\n".join(part for part in parts if part)
 
 
 def answer_text(answer: object) -> str:
-    """The text a completion's choices generated (content, reasoning, tool call arguments)."""
+    """The text a completion's choices generated (content, reasoning, tool call arguments), or
+    a Responses API answer's output."""
+    output = answer.get("output") if isinstance(answer, dict) else None
+    if isinstance(output, list):
+        return "".join(_any_text(item.get("content")) for item in output if isinstance(item, dict))
     choices = answer.get("choices") if isinstance(answer, dict) else None
     if not isinstance(choices, list):
         return ""

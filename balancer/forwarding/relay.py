@@ -5,14 +5,20 @@ so a worker that refuses or fails before its first byte can still be swapped for
 it, a broken stream ends with an error event. On the way the relay watches for the first token
 and the usage the worker reports, and writes them to the request's record (estimates where the
 worker reports no usage), and answers with the model name the client used.
+
+Streams are of three kinds (`StreamEvents`): chat and completion chunks, the typed events of the
+Responses API (its first token is the first `response.output_text.delta`, its usage is in
+`response.completed`, and a break ends it with the API's own `error` event), and plain bytes
+(speech audio), relayed untouched.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
 
@@ -35,6 +41,15 @@ log = get_logger("balancer.relay")
 # What the relay looks for, in JSON as any worker spaces it: `"content":"x"` or `"content": "x"`.
 _TOKEN = re.compile(rb'"(?:content|text)"\s*:\s*"[^"]')
 """A non-empty content or text: a token."""
+_TYPED_TOKEN = re.compile(
+    rb'"type"\s*:\s*"(?:response\.output_text|response\.refusal|transcript\.text)\.delta"'
+)
+"""A text delta of a stream of typed events (the Responses API, streamed transcriptions)."""
+
+StreamEvents = Literal["chat", "typed", "bytes"]
+"""What a stream carries: chunks with `choices` (chat and text completions), typed events
+(`response.output_text.delta`, ...: the Responses API), or bytes that are no events at all
+(speech audio), relayed as they come."""
 _EVENT_ENDS = sse.EVENT_ENDS
 _USAGE_KEY = b'"usage"'
 _USAGE_OBJECT = re.compile(rb'"usage"\s*:\s*\{')
@@ -51,6 +66,8 @@ class Relayed:
     content_type: str
     body: bytes | None = None
     stream: AsyncIterator[bytes] | None = None
+    head: bytes = b""
+    """A stream's first chunk, as the worker sent it (where a response's id is)."""
     # Frees the worker's slot and connection if the client left before the stream was read.
     close: Callable[[], None] | None = None
 
@@ -62,35 +79,48 @@ async def relay_openai(
     payload: bytes,
     *,
     stream: bool,
+    method: str = "POST",
     strip_usage: bool = False,
     model: str | None = None,
+    content_type: str = "application/json",
+    events: StreamEvents = "chat",
+    estimate: bool = True,
+    relayed_statuses: Collection[int] = (),
 ) -> Relayed:
     """One attempt at an OpenAI-compatible worker, body passed through; `model` is the name
-    the client asked for, answered in place of the worker's own when the two differ."""
+    the client asked for, answered in place of the worker's own when the two differ.
+
+    `estimate`: count tokens from the texts when the worker reports no usage (text endpoints
+    only). `relayed_statuses`: statuses that are the worker's answer to this very request,
+    relayed instead of tried elsewhere (a 404 for a stored response it does not have)."""
     worker = lease.worker
     rename = _model_value(model) if model and model != worker.spec.target_model else None
     url = openai_url(worker, path)
     reply = await send(
         transport,
         worker,
-        "POST",
+        method,
         url,
-        body=payload,
-        headers=upstream_headers(worker, lease.record.request_id, "application/json"),
+        # A GET or DELETE (a stored response) sends no body at all.
+        body=payload if payload or method == "POST" else None,
+        headers=upstream_headers(
+            worker, lease.record.request_id, content_type if payload else None
+        ),
     )
-    content_type = reply.headers.get("Content-Type", "application/json")
+    answer_type = reply.headers.get("Content-Type", "application/json")
     if not stream or reply.status != 200:
         data = await reply.read()
-        if reply.status in RETRYABLE_STATUS or not 200 <= reply.status < 600:
+        relayed = reply.status in relayed_statuses
+        if not relayed and (reply.status in RETRYABLE_STATUS or not 200 <= reply.status < 600):
             raise reply.status_failure(data)
         # The caller's own mistakes (400, 422, ...) are the worker's word: relayed unchanged.
         if reply.status >= 300:
             lease.answered = False
         if reply.status == 200:
-            _record_usage(lease.record, payload, data)
-            if rename is not None:
+            _record_usage(lease.record, payload, data, estimate)
+            if rename is not None and _is_json(answer_type):
                 data = _MODEL.sub(rename, data)
-        return Relayed(reply.status, content_type, body=data)
+        return Relayed(reply.status, answer_type, body=data)
     chunks = reply.chunks()
     try:
         first = await anext(chunks)
@@ -115,9 +145,38 @@ async def relay_openai(
         reply.close()
         lease.release()
 
-    tap = StreamTap(strip_usage=strip_usage, rename=rename)
-    stream_of = _relay_rest(first, chunks, close, lease, tap, payload)
-    return Relayed(200, content_type, stream=stream_of, close=close)
+    if events == "bytes" and answer_type.startswith(sse.CONTENT_TYPE):
+        events = "typed"  # a worker that answers with events after all (speech as SSE)
+    if events == "bytes":
+        stream_of = _relay_bytes(first, chunks, close, lease)
+    else:
+        tap = StreamTap(strip_usage=strip_usage, rename=rename, events=events)
+        stream_of = _relay_rest(first, chunks, close, lease, tap, payload, estimate)
+    return Relayed(200, answer_type, stream=stream_of, close=close, head=first)
+
+
+def _is_json(content_type: str) -> bool:
+    return "json" in content_type
+
+
+async def _relay_bytes(
+    first: bytes, chunks: AsyncIterator[bytes], close: Callable[[], None], lease: Lease
+) -> AsyncIterator[bytes]:
+    """A stream that is no events (audio): relayed as it comes. Broken off, it ends there:
+    the client sees a cut body (the connection is dropped), as nothing can be added to audio."""
+    record = lease.record
+    record.first_byte_at = time.perf_counter()
+    try:
+        yield first
+        async for chunk in chunks:
+            yield chunk
+    except UpstreamError as exc:
+        worker = lease.worker
+        log.warning("stream_broken", model=worker.model, worker=worker.id, error=exc.message)
+        lease.failed(exc)
+        raise
+    finally:
+        close()
 
 
 async def _relay_rest(
@@ -127,6 +186,7 @@ async def _relay_rest(
     lease: Lease,
     tap: StreamTap,
     payload: bytes,
+    estimate: bool = True,
 ) -> AsyncIterator[bytes]:
     record = lease.record
     first_at = last_at = time.perf_counter()
@@ -154,10 +214,13 @@ async def _relay_rest(
             worker = lease.worker
             log.warning("stream_broken", model=worker.model, worker=worker.id, error=exc.message)
             lease.failed(exc)
-            yield sse.error_event(exc.message)
+            if tap.typed:
+                yield sse.typed_error_event(exc.message)
+            else:
+                yield sse.error_event(exc.message)
     finally:
         close()
-        _record_stream_tokens(record, tap, payload, first_at, last_at)
+        _record_stream_tokens(record, tap, payload, first_at, last_at, estimate)
 
 
 class StreamTap:
@@ -171,10 +234,22 @@ class StreamTap:
     the client did not ask for it. With `rename`, every `"model"` names what the client asked for.
     """
 
-    __slots__ = ("_held", "_rename", "_usage_event", "content_chunks", "strip_usage")
+    __slots__ = (
+        "_held",
+        "_rename",
+        "_token",
+        "_usage_event",
+        "content_chunks",
+        "strip_usage",
+        "typed",
+    )
 
-    def __init__(self, *, strip_usage: bool, rename: bytes | None = None) -> None:
+    def __init__(
+        self, *, strip_usage: bool, rename: bytes | None = None, events: StreamEvents = "chat"
+    ) -> None:
         self.strip_usage = strip_usage
+        self.typed = events == "typed"
+        self._token = _TYPED_TOKEN if self.typed else _TOKEN
         self.content_chunks = 0
         """Events with a token so far: the estimate of output tokens without usage."""
         self._rename = rename
@@ -200,7 +275,7 @@ class StreamTap:
                 return b""
         if _USAGE_KEY in chunk and _USAGE_OBJECT.search(chunk) is not None:
             chunk = self._take_usage(chunk)
-        self.content_chunks += len(_TOKEN.findall(chunk))
+        self.content_chunks += len(self._token.findall(chunk))
         if self._rename is None:
             return chunk
         return _MODEL.sub(self._rename, chunk)
@@ -258,7 +333,7 @@ def _model_value(model: str) -> bytes:
     return b'"model":' + orjson.dumps(model).replace(b"\\", b"\\\\")
 
 
-def _record_usage(record: RequestRecord, payload: bytes, body: bytes) -> None:
+def _record_usage(record: RequestRecord, payload: bytes, body: bytes, estimate: bool) -> None:
     try:
         answer = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -266,6 +341,8 @@ def _record_usage(record: RequestRecord, payload: bytes, body: bytes) -> None:
     counts = usage_counts(answer)
     if counts is not None:
         record.tokens(*counts, estimated=False)
+        return
+    if not estimate:
         return
     # No usage: estimated, from the request too (read again only here).
     try:
@@ -276,12 +353,17 @@ def _record_usage(record: RequestRecord, payload: bytes, body: bytes) -> None:
 
 
 def _record_stream_tokens(
-    record: RequestRecord, tap: StreamTap, payload: bytes, first_at: float, last_at: float
+    record: RequestRecord,
+    tap: StreamTap,
+    payload: bytes,
+    first_at: float,
+    last_at: float,
+    estimate: bool = True,
 ) -> None:
     usage = tap.usage
     if usage is not None:
         record.tokens(*usage, estimated=False)
-    else:
+    elif estimate or tap.content_chunks:
         # No usage: a content event is about a token; the prompt at four characters a token.
         try:
             prompt_tokens, _ = estimated_usage(orjson.loads(payload), None)

@@ -33,6 +33,14 @@ def error_event(message: str, code: str = "upstream_error") -> bytes:
     return json_event({"error": {"message": message, "type": "server_error", "code": code}})
 
 
+def typed_error_event(message: str, code: str = "upstream_error") -> bytes:
+    """How a stream of typed events (the Responses API) that cannot go on ends: the API's own
+    `error` event, with an `error` object too, which the openai SDK raises."""
+    error = {"message": message, "type": "server_error", "code": code}
+    document = {"type": "error", "code": code, "message": message, "param": None, "error": error}
+    return b"event: error\n" + json_event(document)
+
+
 # A line end is \r\n, or a lone \r or \n; two in a row end an event.
 _LINE_END = rb"(?:\r\n|\r(?!\n)|\n)"
 _EVENT_END = re.compile(_LINE_END + _LINE_END)

@@ -33,8 +33,12 @@ RETRYABLE_STATUS = CANNOT_SERVE | {BACK_OFF}
 
 
 def openai_url(worker: Worker, path: str) -> str:
-    """`path` (e.g. /chat/completions) under an OpenAI worker's base URL."""
-    return worker.spec.req_url_template.rstrip("/") + path
+    """`path` (e.g. /chat/completions) under an OpenAI worker's base URL; a path of the API's
+    next version (/v2/rerank) beside the base URL's /v1, as vLLM serves them."""
+    base = worker.spec.req_url_template.rstrip("/")
+    if path.startswith("/v2/") and base.endswith("/v1"):
+        return base[:-3] + path
+    return base + path
 
 
 def upstream_headers(

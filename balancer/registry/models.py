@@ -36,6 +36,9 @@ _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_HEADER_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 """Control characters (CR and LF among them) other than horizontal tab."""
 
+_ENDPOINT = re.compile(r"/[A-Za-z0-9._~\-/]{1,200}")
+"""A client path such as /v1/audio/transcriptions."""
+
 # Fields the OperateGPT WorkerConnection accepted that mean nothing here; accepted so existing
 # OperateGPT clients keep working.
 LEGACY_FIELDS = ("worker_type", "is_stream", "req_param")
@@ -63,6 +66,9 @@ class WorkerSpec(BaseModel):
     max_concurrency: int | None = Field(None, ge=1)
     strategy: Strategy | None = None
     fallbacks: list[str] | None = None
+    endpoints: list[str] | None = None
+    """The client paths an OpenAI worker serves (`/v1/chat/completions`, `/v1/images/generations`,
+    ...); None: every one."""
     worker_type: str | None = None
     is_stream: bool | None = None
     req_param: dict[str, Any] | None = None
@@ -82,6 +88,21 @@ class WorkerSpec(BaseModel):
     def _fallbacks(cls, value: list[str] | None) -> list[str] | None:
         if value is not None and any(not name.strip() for name in value):
             raise ValueError("must be a list of model names")
+        return value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("must name at least one endpoint, or be left out (every endpoint)")
+        for path in value:
+            if not _ENDPOINT.fullmatch(path):
+                raise ValueError(
+                    f"{path!r} is not an endpoint path; write them as clients call them, "
+                    'e.g. ["/v1/chat/completions", "/v1/responses"]'
+                )
         return value
 
     @field_validator("req_type", mode="before")
@@ -274,6 +295,11 @@ class Worker:
     def status(self) -> WorkerStatus:
         return self.health.status
 
+    def serves(self, endpoint: str) -> bool:
+        """Whether the worker takes requests for `endpoint` (a client path)."""
+        endpoints = self.spec.endpoints
+        return endpoints is None or endpoint in endpoints
+
     @property
     def at_capacity(self) -> bool:
         limit = self.spec.max_concurrency
@@ -302,4 +328,5 @@ class Worker:
             "max_concurrency": spec.max_concurrency,
             "strategy": spec.strategy,
             "fallbacks": spec.fallbacks,
+            "endpoints": spec.endpoints,
         }

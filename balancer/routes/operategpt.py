@@ -6,12 +6,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from balancer.auth import require_api_key
+from balancer.errors import EndpointNotServed
 from balancer.events import RequestRecord
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.prompt import complete_text
+from balancer.registry import Worker
 from balancer.responses import json_response, served_headers
 from balancer.routes.body import optional_number, read_json_object, required_string
 from balancer.wiring import Balancer
+
+OPERATEGPT_PATH = "/api/v1/chat/completions"
+
+
+def _chats(worker: Worker) -> bool:
+    return worker.serves(OPERATEGPT_PATH) or worker.serves("/v1/chat/completions")
 
 
 async def chat(request: Request, balancer: Balancer, record: RequestRecord) -> Response:
@@ -25,7 +33,14 @@ async def chat(request: Request, balancer: Balancer, record: RequestRecord) -> R
     async def attempt(lease: Lease) -> str:
         return await complete_text(balancer.transport, lease, prompt, temperature)
 
-    served = await balancer.forwarder.run(record, model, attempt)
+    accept = None
+    workers = balancer.forwarder.workers_of(model)
+    if any(w.spec.endpoints is not None for w in workers):
+        # A prompt is a chat: not for a worker that declares only, say, images.
+        accept = _chats
+        if not any(_chats(w) for w in workers):
+            raise EndpointNotServed(model, OPERATEGPT_PATH)
+    served = await balancer.forwarder.run(record, model, attempt, accept=accept)
     return json_response(
         {"success": True, "msg": "execute succeed", "result": served.value},
         headers=served_headers(served.worker.id, served.attempts),

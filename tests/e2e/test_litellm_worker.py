@@ -5,11 +5,12 @@ the usage chunk keeps a choice with an empty delta, and every chunk names LiteLL
 name."""
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from openai.types.responses import ResponseCompletedEvent
 
 from balancer.fakes.processes import HOST, BalancerProcess, Process, WorkerProcess, free_port
 from tests.e2e.conftest import unique_model
@@ -27,10 +28,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def litellm(tmp_path: Path, spawn: Callable[..., WorkerProcess]) -> Iterator[str]:
+@pytest.fixture(scope="module")
+def litellm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """LiteLLM's proxy on 127.0.0.1, serving `via-litellm` from a fake worker; its base URL."""
-    upstream = spawn("up")
+    tmp_path = tmp_path_factory.mktemp("litellm")
+    upstream = WorkerProcess(tmp_path, "up")
+    upstream.start()
     config = tmp_path / "litellm.yaml"
     config.write_text(
         "model_list:\n"
@@ -48,16 +51,15 @@ def litellm(tmp_path: Path, spawn: Callable[..., WorkerProcess]) -> Iterator[str
         env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": KEY},
         ready_url=f"http://{HOST}:{port}/health/liveliness",
     )
-    proxy.start(timeout=45)
     try:
+        proxy.start(timeout=45)
         yield f"http://{HOST}:{port}/v1"
     finally:
         proxy.stop()
+        upstream.stop()
 
 
-def test_litellm_as_a_worker_streams_clean_named_and_metered(
-    client: httpx.Client, balancer: BalancerProcess, litellm: str
-) -> None:
+def register_litellm(client: httpx.Client, litellm: str) -> str:
     model = unique_model()
     registration = {
         "model_name": model,
@@ -67,6 +69,13 @@ def test_litellm_as_a_worker_streams_clean_named_and_metered(
         "header": {"Authorization": f"Bearer {KEY}"},
     }
     assert client.post("/api/server/register", json=registration).status_code == 200
+    return model
+
+
+def test_litellm_as_a_worker_streams_clean_named_and_metered(
+    client: httpx.Client, balancer: BalancerProcess, litellm: str
+) -> None:
+    model = register_litellm(client, litellm)
     openai_client = sdk(balancer)
 
     chunks = list(
@@ -83,3 +92,25 @@ def test_litellm_as_a_worker_streams_clean_named_and_metered(
     # 3 words answered, twice (the fake worker counts words; LiteLLM passes its usage on).
     assert metric_reaches(client, tokens, 6, model=model, estimated="false") == 6
     assert metric(client, "balancer_time_to_first_token_seconds_count", model=model) == 1
+
+
+def test_litellm_as_a_worker_serves_the_responses_api_streamed_metered_and_continued(
+    client: httpx.Client, balancer: BalancerProcess, litellm: str
+) -> None:
+    """LiteLLM writes its own response ids (it encodes its deployment in them) and its own
+    event stream: the balancer relays both, renamed, and meters them."""
+    model = register_litellm(client, litellm)
+    openai_client = sdk(balancer)
+    events = list(openai_client.responses.create(model=model, input="hello there", stream=True))
+    last = events[-1]
+    assert isinstance(last, ResponseCompletedEvent)
+    assert last.response.output_text == "[up] hello there" and last.response.model == model
+    assert metric(client, "balancer_time_to_first_token_seconds_count", model=model) == 1
+    follow = openai_client.responses.create(
+        model=model, input="and then", previous_response_id=last.response.id
+    )
+    assert follow.output_text.startswith("[up] and then (after resp_up_")
+    tokens = "balancer_output_tokens_total"
+    # The fake worker counts words: 3, then those of the follow-up; LiteLLM passes them on.
+    total = 3 + len(follow.output_text.split())
+    assert metric_reaches(client, tokens, total, model=model, estimated="false") == total

@@ -130,7 +130,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Balan
 
 
 def run_load(client: httpx.Client, seconds: float) -> None:
-    """A bounded mixed load: plain and streamed chat, OperateGPT calls, an unknown model."""
+    """A bounded mixed load: plain and streamed chat, responses, OperateGPT calls, an unknown
+    model."""
 
     def one(i: int) -> None:
         if i % 4 == 0:
@@ -148,11 +149,13 @@ def run_load(client: httpx.Client, seconds: float) -> None:
             client.post(
                 "/api/v1/chat/completions", json={"input": f"q {i}", "model_name": "legacy"}
             )
-        elif i % 4 == 2:
+        elif i % 8 == 2:
             client.post(
                 "/v1/chat/completions",
                 json={"model": "chat", "messages": [{"role": "user", "content": f"plain {i}"}]},
             )
+        elif i % 4 == 2:
+            client.post("/v1/responses", json={"model": "chat", "input": f"plain {i}"})
         else:
             client.post("/api/v1/chat/completions", json={"input": "x", "model_name": "nope"})
 
@@ -206,3 +209,11 @@ def test_the_alert_rules_load(stack: tuple[str, BalancerProcess]) -> None:
         "BalancerLatencyP99Burn",
     }
     assert all(r["health"] == "ok" for g in groups for r in g["rules"])
+
+
+def test_requests_are_counted_by_endpoint(stack: tuple[str, BalancerProcess]) -> None:
+    prometheus, _ = stack
+    expr = "sum by (endpoint) (balancer_requests_total)"
+    wait_for_data(prometheus, expr)
+    endpoints = {series["metric"]["endpoint"] for series in instant(prometheus, expr)}
+    assert {"/v1/chat/completions", "/v1/responses", "/api/v1/chat/completions"} <= endpoints

@@ -622,3 +622,33 @@ async def test_with_the_same_name_a_stream_passes_untouched(
     )
 
     assert await read_all(relayed) == b"".join(chunks)
+
+
+def typed_event(kind: str, **fields: object) -> bytes:
+    """One event of a Responses API stream, as servers write it: `event:` and `data:`."""
+    return f"event: {kind}\n".encode() + sse.json_event({"type": kind, **fields})
+
+
+def test_a_typed_stream_counts_text_deltas_and_reads_usage_from_response_completed() -> None:
+    tap = StreamTap(strip_usage=False, events="typed")
+    created = typed_event("response.created", response={"id": "r", "usage": None})
+    part = typed_event("response.content_part.added", content_index=0, part={"text": ""})
+    deltas = b"".join(typed_event("response.output_text.delta", delta=d) for d in ("a", "b"))
+    done = typed_event("response.output_text.done", content_index=0, text="ab")
+    completed = typed_event(
+        "response.completed",
+        response={"id": "r", "usage": {"input_tokens": 7, "output_tokens": 2, "total_tokens": 9}},
+    )
+    out = b"".join(tap.feed(chunk) for chunk in (created + part, deltas, done, completed))
+    assert out == created + part + deltas + done + completed  # passed on untouched
+    assert tap.content_chunks == 2
+    assert tap.usage == (7, 2)
+
+
+def test_a_typed_stream_that_breaks_ends_with_an_error_event_of_its_own_kind() -> None:
+    event = sse.typed_error_event("worker w broke off the stream")
+    assert event.startswith(b"event: error\n")
+    document = orjson.loads(sse.event_data(event) or b"")
+    assert document["type"] == "error" and document["code"] == "upstream_error"
+    # The openai SDK raises a streamed event whose data holds an `error` object.
+    assert document["error"]["message"] == "worker w broke off the stream"
