@@ -135,6 +135,8 @@ class LiveStats:
                 bucket.errors += 1
             if len(bucket.latencies) < SAMPLES_PER_SECOND:
                 bucket.latencies.append(event.finished_at - record.started)
+            if record.ttft is not None and len(bucket.ttfts) < SAMPLES_PER_SECOND:
+                bucket.ttfts.append(record.ttft)
         series = self._workers.get(record.worker) if record.worker else None
         if series is None:
             return  # no worker answered, or it was removed meanwhile
