@@ -53,15 +53,16 @@ class Console:
         self.driver.get(self.url + "/ui")
         return self
 
-    def wait(self, condition: Callable[[], T], within: float = 10.0) -> T:
+    def wait(self, condition: Callable[[], T | None], within: float = 10.0) -> T:
         """What `condition` returns once truthy; fails if it is not within `within` s."""
         # The page redraws every second: an element read halfway through may be gone.
-        result: T = WebDriverWait(
+        result = WebDriverWait(
             self.driver,
             within,
             poll_frequency=0.1,
             ignored_exceptions=[StaleElementReferenceException],
         ).until(lambda _: condition())
+        assert result is not None  # `until` returns only a truthy value
         return result
 
     def rows(self, model: str) -> dict[str, WebElement]:

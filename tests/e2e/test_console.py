@@ -70,6 +70,10 @@ def listed(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
     return {row["id"]: row for row in rows}
 
 
+def owners(api: httpx.Client, model: str) -> set[str]:
+    return {row["owner"] for row in listed(api, model).values()}
+
+
 def test_the_page_lists_the_workers_registered_through_the_api(
     console: Console, api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -151,13 +155,13 @@ def test_register_weight_drain_and_offline_through_the_page_reach_the_api(
     assert "refused (HTTP 400)" in console.message()
     assert listed(api, model) == {}
 
+    registered: set[str] = set()
     for worker in (kept, drained):
+        registered.add(worker.name)
         console.fill_registration(
             model_name=model, req_url_template=f"{worker.url}/v1", api="openai", owner=worker.name
         )
-        console.wait(
-            lambda name=worker.name: name in {r["owner"] for r in listed(api, model).values()}
-        )
+        console.wait(lambda: owners(api, model) == registered)
         assert f"register LLM {model} succeed!" in console.message()
     ids = {row["owner"]: wid for wid, row in listed(api, model).items()}
     assert set(ids) == {"kept", "drained"}
