@@ -14,6 +14,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
+from balancer.logging import redact_text
 from balancer.registry import Worker
 from balancer.responses import json_response
 from balancer.wiring import Balancer
@@ -88,7 +89,11 @@ def _worker(balancer: Balancer, worker: Worker) -> dict[str, Any]:
         "consecutive_failures": health["consecutive_failures"],
         "ejections": health["ejections"],
         "ejection_reason": health["ejection_reason"],
-        "last_ejection": balancer.live.last_ejection(worker.id),
+        "last_ejection": _redacted(balancer.live.last_ejection(worker.id)),
         "ejected_until": health["ejected_until"],
         **balancer.live.worker(worker.id).as_dict(),
     }
+
+
+def _redacted(text: str | None) -> str | None:
+    return None if text is None else redact_text(text)

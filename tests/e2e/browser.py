@@ -126,9 +126,10 @@ class Load:
     """Clients sending chat completions to `model` one after another, until stopped; every
     answer's status is kept (no client retries: a lost request shows)."""
 
-    def __init__(self, url: str, model: str, clients: int = 4) -> None:
+    def __init__(self, url: str, model: str, clients: int = 4, *, stream: bool = False) -> None:
         self.url = url
         self.model = model
+        self.stream = stream
         self.statuses: list[int] = []
         self.failures: list[str] = []
         self._stop = threading.Event()
@@ -139,13 +140,23 @@ class Load:
             thread.start()
         return self
 
+    def add_clients(self, clients: int) -> None:
+        for _ in range(clients):
+            thread = threading.Thread(target=self._run, daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         for thread in self._threads:
             thread.join(30)
 
     def _run(self) -> None:
-        body = {"model": self.model, "messages": [{"role": "user", "content": "hi"}]}
+        body = {
+            "model": self.model,
+            "stream": self.stream,
+            "messages": [{"role": "user", "content": "hi"}],
+        }
         with httpx.Client(base_url=self.url, timeout=30) as client:
             while not self._stop.is_set():
                 try:
