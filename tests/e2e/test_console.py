@@ -272,3 +272,56 @@ def test_the_page_works_with_no_internet(console: Console) -> None:
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert all(name.startswith(console.url) for name in entries), entries
+
+
+# Contrast of two CSS colours (WCAG 2), computed in the page from what it really draws.
+_CONTRASTS = """
+const rgb = (c) => c.match(/[0-9.]+/g).slice(0, 3).map(Number);
+const lum = (c) => {
+  const [r, g, b] = rgb(c).map((v) => { v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+};
+const ratio = (a, b) => (Math.max(lum(a), lum(b)) + 0.05) / (Math.min(lum(a), lum(b)) + 0.05);
+const background = (el) => {
+  for (; el; el = el.parentElement) {
+    const bg = getComputedStyle(el).backgroundColor;
+    if (!bg.startsWith("rgba(0, 0, 0, 0)")) return bg;
+  }
+  return "rgb(255, 255, 255)";
+};
+return [...document.querySelectorAll(".badge, button, .small, th, td, label, h1, h2")]
+  .filter((el) => el.offsetParent !== null && el.textContent.trim())
+  .map((el) => [el.textContent.trim().slice(0, 30),
+    ratio(getComputedStyle(el).color, background(el))]);
+"""
+
+_UNNAMED = """
+return [...document.querySelectorAll("button, input, select, textarea")]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label")
+    && !el.textContent.trim())
+  .map((el) => el.outerHTML.slice(0, 80));
+"""
+
+
+def test_every_control_is_named_text_has_contrast_and_the_keyboard_drains(
+    console: Console, api: httpx.Client, spawn: Callable[..., WorkerProcess]
+) -> None:
+    model = unique_model("keys")
+    worker = register_openai(api, model, spawn("k").url)
+    console.wait(lambda: console.status(model, worker) == "healthy")
+
+    assert console.driver.execute_script(_UNNAMED) == []
+    low = [
+        (text, ratio) for text, ratio in console.driver.execute_script(_CONTRASTS) if ratio < 4.5
+    ]
+    assert low == []
+
+    # Enter on the row's Drain button, Tab to the dialog's Drain, Enter.
+    console.button(model, worker, "Drain").send_keys(Keys.ENTER)
+    console.wait(lambda: console.driver.find_element(By.ID, "confirm").is_displayed())
+    active = console.driver.switch_to.active_element
+    assert active.text == "Cancel"  # the safe answer has the focus
+    active.send_keys(Keys.TAB)
+    console.driver.switch_to.active_element.send_keys(Keys.ENTER)
+    console.wait(lambda: worker not in listed(api, model))
