@@ -170,3 +170,21 @@ async def test_drain_and_weight_need_the_admin_token() -> None:
             assert "BALANCER_ADMIN_TOKEN" in reply.json()["msg"]
         assert len(lb.parts.registry) == 1
         assert next(iter(lb.parts.registry)).spec.weight == 1
+
+
+async def test_a_stream_in_flight_is_relayed_to_its_end_before_the_worker_goes(
+    lb: InProcess,
+) -> None:
+    url = lb.worker("streamer", chunks=6, chunk_delay=0.05)
+    await lb.register_openai("m", url)
+    body = {**chat("m"), "stream": True}
+    pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=body))
+    await eventually(lambda: next(iter(lb.parts.registry)).inflight == 1)
+    await lb.client.post("/api/server/drain", json=target(url))
+    await asyncio.sleep(0.1)
+    assert next(iter(lb.parts.registry)).draining  # still there: its stream goes on
+    reply = await pending
+    assert reply.status_code == 200
+    assert reply.text.rstrip().endswith("data: [DONE]")
+    assert reply.text.count("chat.completion.chunk") >= 6
+    await eventually(lambda: len(lb.parts.registry) == 0)
