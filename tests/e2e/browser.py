@@ -39,6 +39,8 @@ def start_chromium(width: int = 1280, height: int = 900) -> WebDriver:
         f"--window-size={width},{height}",
     ):
         options.add_argument(argument)
+    # The page's console (script errors, Content-Security-Policy refusals) for the tests.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
 
 
