@@ -87,6 +87,12 @@ class Console:
         )
         return str(text)
 
+    def logged_errors(self) -> list[dict[str, Any]]:
+        """Errors the page logged (script errors, refusals) since the last call."""
+        assert isinstance(self.driver, webdriver.Chrome)
+        entries: list[dict[str, Any]] = self.driver.get_log("browser")  # type: ignore[no-untyped-call]
+        return [entry for entry in entries if entry["level"] == "SEVERE"]
+
     def message(self) -> str:
         return self.driver.find_element(By.ID, "message").text
 

@@ -269,15 +269,14 @@ def test_without_the_admin_token_actions_are_refused_with_a_visible_message(
 def test_the_page_works_with_no_internet_and_logs_no_error(console: Console) -> None:
     """Everything it loads comes from the balancer: no request leaves for another host; and
     its script runs under its own Content-Security-Policy without an error."""
-    console.driver.get_log("browser")  # what earlier tests' refusals logged goes
+    console.logged_errors()  # what earlier tests' refusals logged goes
     console.open()
     console.wait(lambda: "Updated" in console.driver.find_element(By.ID, "updated").text)
     entries = console.driver.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name)"
     )
     assert entries and all(name.startswith(console.url) for name in entries), entries
-    errors = [e for e in console.driver.get_log("browser") if e["level"] == "SEVERE"]
-    assert errors == []
+    assert console.logged_errors() == []
 
 
 # Contrast of two CSS colours (WCAG 2), computed in the page from what it really draws.
