@@ -12,7 +12,7 @@ from balancer.events import (
     RequestFinished,
     RequestRecord,
 )
-from balancer.live import HISTORY_SECONDS, RATE_SECONDS, LiveStats
+from balancer.live import HISTORY_SECONDS, RATE_SECONDS, SAMPLES_PER_SECOND, LiveStats
 from balancer.registry import Worker, WorkerSpec
 
 
@@ -72,6 +72,8 @@ def test_percentiles_and_error_ratio_are_over_the_last_minute() -> None:
     worker = make_worker(stats)
     for ms in range(1, 101):
         stats.on_attempt_succeeded(AttemptSucceeded(worker, ms / 1000))
+        if ms == 50:
+            clock.now += 1
     error = UpstreamError("boom", retryable=True)
     stats.on_attempt_failed(AttemptFailed(worker, error, 0.01))
     clock.now += 1
@@ -79,7 +81,7 @@ def test_percentiles_and_error_ratio_are_over_the_last_minute() -> None:
     assert summary.p50_ms == 50
     assert summary.p99_ms == 99
     assert summary.error_ratio == 1 / 101
-    assert summary.latency_history[-1] == 50.5
+    assert summary.latency_history[-2:] == [25.5, 75.5]
     clock.now += 61
     later = stats.worker(worker.id)
     assert (later.p50_ms, later.error_ratio) == (None, None)
@@ -149,3 +151,29 @@ def test_a_removed_worker_and_model_are_forgotten() -> None:
     assert stats.worker(worker.id).qps_history[-1] == 0
     assert stats.model("m").qps_history[-1] == 0
     assert (stats._workers, stats._models) == ({}, {})
+
+
+def test_a_busy_second_keeps_a_bounded_sample_of_its_latencies() -> None:
+    clock = Clock()
+    stats = LiveStats(clock)
+    worker = make_worker(stats)
+    for _ in range(SAMPLES_PER_SECOND * 10):
+        stats.on_attempt_succeeded(AttemptSucceeded(worker, 0.02))
+    clock.now += 1
+    summary = stats.worker(worker.id)
+    assert summary.qps_history[-1] == SAMPLES_PER_SECOND * 10  # every answer is counted
+    assert summary.p50_ms == 20
+
+
+def test_a_summary_holds_for_the_rest_of_the_second() -> None:
+    clock = Clock()
+    stats = LiveStats(clock)
+    worker = make_worker(stats)
+    stats.on_attempt_succeeded(AttemptSucceeded(worker, 0.02))
+    clock.now += 1
+    first = stats.worker(worker.id)
+    stats.on_attempt_succeeded(AttemptSucceeded(worker, 0.02))
+    clock.now += 0.5
+    assert stats.worker(worker.id) is first
+    clock.now += 0.5
+    assert stats.worker(worker.id).qps_history[-2:] == [1.0, 1.0]
