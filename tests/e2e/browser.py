@@ -94,14 +94,21 @@ class Console:
         return [entry for entry in entries if entry["level"] == "SEVERE"]
 
     def message(self) -> str:
-        return self.driver.find_element(By.ID, "message").text
+        return self.driver.find_element(By.ID, "message-text").text
 
     def live_error(self) -> str:
         return self.driver.find_element(By.ID, "live-error").text
 
     def button(self, model: str, worker: str, label: str) -> WebElement:
         row = self.row(model, worker)
-        return next(b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label)
+        button = next(b for b in row.find_elements(By.TAG_NAME, "button") if b.text == label)
+        return self.reveal(button)
+
+    def reveal(self, element: WebElement) -> WebElement:
+        """Scrolled to the middle of the window, as a person would, clear of the message line
+        that stays at the top."""
+        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+        return element
 
     def confirm(self) -> None:
         """Answer OK in the confirmation dialog."""

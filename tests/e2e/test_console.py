@@ -167,7 +167,7 @@ def test_register_weight_drain_and_offline_through_the_page_reach_the_api(
     assert set(ids) == {"kept", "drained"}
 
     # A weight, typed and confirmed with the keyboard.
-    field = console.row(model, ids["kept"]).find_element(By.NAME, "weight")
+    field = console.reveal(console.row(model, ids["kept"]).find_element(By.NAME, "weight"))
     field.send_keys("2.5", Keys.ENTER)
     console.wait(lambda: listed(api, model)[ids["kept"]]["weight"] == 2.5)
     console.wait(lambda: "is now 2.5" in console.message())
