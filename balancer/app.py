@@ -106,6 +106,7 @@ def _lifespan(
             for task in background:
                 task.cancel()
             b.metrics.process_exiting()
+            await b.drainer.close()
             await b.probes.shutdown()
             await b.probe_client.aclose()
             if demo_workers is not None:

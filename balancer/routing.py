@@ -23,7 +23,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer import __version__
@@ -33,7 +33,7 @@ from balancer.events import RequestFinished, RequestRecord
 from balancer.forwarding import sse
 from balancer.middleware import CLIENT_CLOSED_REQUEST, request_id_var
 from balancer.responses import Reply, error_reply
-from balancer.routes import openai, operategpt, ops, workers
+from balancer.routes import console, openai, operategpt, ops, workers
 from balancer.schemas import ERROR_ENVELOPES, OPERATIONS, Operation
 from balancer.types import ClientApi
 from balancer.wiring import Balancer
@@ -110,7 +110,13 @@ ROUTES: tuple[Route | InferenceRoute, ...] = (
         "GET", "/api/server/workers", workers.list_workers, "operategpt", "registry", admin="read"
     ),
     Route("POST", "/api/server/offline", workers.offline, "operategpt", "registry", admin="write"),
+    Route("POST", "/api/server/drain", workers.drain, "operategpt", "registry", admin="write"),
+    Route(
+        "POST", "/api/server/weight", workers.set_weight, "operategpt", "registry", admin="write"
+    ),
     Route("GET", "/api/server/health", workers.health, "operategpt", "registry", admin="read"),
+    Route("GET", "/api/server/live", console.live, "operategpt", "console", admin="read"),
+    Route("GET", "/ui", console.page, "operategpt", "console"),
     Route("GET", "/healthz", ops.healthz, "operategpt", "ops"),
     Route("GET", "/readyz", ops.readyz, "operategpt", "ops"),
     Route("GET", "/metrics", ops.metrics, "operategpt", "ops"),
@@ -291,7 +297,11 @@ def openapi_schema(routes: tuple[Route | InferenceRoute, ...] = ROUTES) -> dict[
             description=route.endpoint.__doc__ or "",
             openapi_extra=_parameter_doc(route.path),
             response_model=operation.answer,
-            response_class=JSONResponse if operation.answer else PlainTextResponse,
+            response_class=JSONResponse
+            if operation.answer
+            else HTMLResponse
+            if operation.html
+            else PlainTextResponse,
             responses=_responses(route.api, operation),
         )
         for route in routes

@@ -179,6 +179,17 @@ class OfflineRequest(BaseModel):
     req_url_template: str = Field(min_length=1, pattern=r"\S")
 
 
+class DrainRequest(OfflineRequest):
+    """The worker to drain: it takes no new request, those in flight finish, then it is
+    removed."""
+
+
+class WeightRequest(OfflineRequest):
+    """The worker whose weight changes, and its new weight."""
+
+    weight: float = Field(gt=0)
+
+
 # Answers
 
 
@@ -322,7 +333,7 @@ class WorkerView(BaseModel):
     model_name: str
     req_url_template: str
     api: str
-    status: Literal["healthy", "ejected", "unknown"]
+    status: Literal["healthy", "ejected", "unknown", "draining"]
     inflight: int
     weight: float
 
@@ -335,6 +346,28 @@ class WorkerList(BaseModel):
 class Done(BaseModel):
     success: Literal[True]
     msg: str
+
+
+class Draining(BaseModel):
+    success: Literal[True]
+    msg: str
+    id: str
+    inflight: int = Field(description="Requests in flight it finishes before it is removed")
+
+
+class WeightChanged(BaseModel):
+    success: Literal[True]
+    msg: str
+    id: str
+    weight: float
+
+
+class LiveView(BaseModel):
+    success: Literal[True]
+    data: dict[str, Any] = Field(
+        description="models: per model its strategy, QPS, error ratio, latency percentiles and "
+        "history, and its workers as listed with their health, probes, latencies and history"
+    )
 
 
 class HealthView(BaseModel):
@@ -386,6 +419,8 @@ class Operation:
     """Other statuses it answers with, and what they carry."""
     form: bool = False
     """The body is a multipart/form-data upload, not JSON."""
+    html: bool = False
+    """Answers with a web page."""
 
 
 _INFERENCE_ERRORS = (400, 401, 404, 413, 502, 503, 504)
@@ -437,7 +472,13 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
         answer=WorkerList, query=(("model_name", "Only the workers of this model"),)
     ),
     ("POST", "/api/server/offline"): Operation(OfflineRequest, Done, errors=(*_ADMIN_ERRORS, 404)),
+    ("POST", "/api/server/drain"): Operation(DrainRequest, Draining, errors=(*_ADMIN_ERRORS, 404)),
+    ("POST", "/api/server/weight"): Operation(
+        WeightRequest, WeightChanged, errors=(*_ADMIN_ERRORS, 404)
+    ),
     ("GET", "/api/server/health"): Operation(answer=HealthView),
+    ("GET", "/api/server/live"): Operation(answer=LiveView),
+    ("GET", "/ui"): Operation(html=True),
     ("GET", "/healthz"): Operation(answer=Status),
     ("GET", "/readyz"): Operation(
         answer=Status,

@@ -8,6 +8,9 @@ Api = Literal["template", "openai"]
 
 WorkerStatus = Literal["unknown", "healthy", "ejected"]
 
+ShownStatus = Literal["unknown", "healthy", "ejected", "draining"]
+"""A worker's status as listed: its health, or `draining` while it finishes its last requests."""
+
 ClientApi = Literal["operategpt", "openai"]
 """Which of our two front APIs a client called; errors use that API's envelope."""
 

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from balancer.config import Settings
+from balancer.draining import Drainer
 from balancer.events import Events
 from balancer.forwarding.affinity import ResponseOwners
 from balancer.forwarding.forwarder import Forwarder
 from balancer.forwarding.retry_budget import RetryBudget
 from balancer.forwarding.transport import AiohttpTransport, Transport
+from balancer.live import LiveStats
 from balancer.metrics import Metrics
 from balancer.registry import Store, WorkerRegistry, open_store
 from balancer.selection import Selector
@@ -40,6 +42,8 @@ class Balancer:
     metrics: Metrics
     responses: ResponseOwners
     """Which worker holds each stored response (Responses API `previous_response_id`)."""
+    live: LiveStats
+    drainer: Drainer
 
 
 def build(
@@ -101,6 +105,8 @@ def build(
         probe_client=probe_client,
         metrics=metrics,
         responses=ResponseOwners(),
+        live=LiveStats(),
+        drainer=Drainer(registry),
     )
     connect(balancer)
     return balancer
@@ -113,17 +119,22 @@ def connect(b: Balancer) -> None:
     e.attempt_succeeded.connect(b.selector.on_attempt_succeeded)
     e.attempt_succeeded.connect(b.monitor.on_attempt_succeeded)
     e.attempt_succeeded.connect(b.metrics.on_attempt_succeeded)
+    e.attempt_succeeded.connect(b.live.on_attempt_succeeded)
     e.attempt_failed.connect(b.selector.on_attempt_failed)
     e.attempt_failed.connect(b.monitor.on_attempt_failed)
     e.attempt_failed.connect(b.metrics.on_attempt_failed)
+    e.attempt_failed.connect(b.live.on_attempt_failed)
     e.retried.connect(b.metrics.on_retried)
     e.queued.connect(b.metrics.on_queued)
     e.panic.connect(b.metrics.on_panic)
     e.probed.connect(b.metrics.on_probed)
     e.health_changed.connect(b.probes.on_health_changed)
     e.health_changed.connect(b.metrics.on_health_changed)
+    e.health_changed.connect(b.live.on_health_changed)
     e.registry_changed.connect(b.selector.on_registry_changed)
     e.registry_changed.connect(b.forwarder.on_registry_changed)
     e.registry_changed.connect(b.probes.on_registry_changed)
     e.registry_changed.connect(b.metrics.on_registry_changed)
+    e.registry_changed.connect(b.live.on_registry_changed)
     e.request_finished.connect(b.metrics.on_request_finished)
+    e.request_finished.connect(b.live.on_request_finished)

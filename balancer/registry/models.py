@@ -24,7 +24,7 @@ from balancer.templating import (
     misplaced_url_placeholder,
     parse_extract_path,
 )
-from balancer.types import Api, Strategy, WorkerStatus
+from balancer.types import Api, ShownStatus, Strategy, WorkerStatus
 from probes.health import HealthPolicy, WorkerHealth
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -275,6 +275,8 @@ class Worker:
     skip_until: float = 0.0
     """Monotonic time before which this worker is not chosen (a 429's Retry-After)."""
     removed: bool = False
+    draining: bool = False
+    """Takes no new request; removed once its requests in flight are done (`draining.Drainer`)."""
     seq: int = 0
     """The store's number for its latest registration (`StoredWorker.seq`)."""
     id: str = field(init=False)
@@ -301,6 +303,11 @@ class Worker:
         return endpoints is None or endpoint in endpoints
 
     @property
+    def shown_status(self) -> ShownStatus:
+        """Its status as listed: `draining` while it is, else its health."""
+        return "draining" if self.draining else self.health.status
+
+    @property
     def at_capacity(self) -> bool:
         limit = self.spec.max_concurrency
         return limit is not None and self.inflight >= limit
@@ -315,7 +322,7 @@ class Worker:
             "api": spec.api,
             "owner": spec.owner,
             "weight": spec.weight,
-            "status": self.status,
+            "status": self.shown_status,
             "inflight": self.inflight,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
             "req_type": spec.req_type,

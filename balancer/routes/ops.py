@@ -36,8 +36,12 @@ async def readyz(request: Request, balancer: Balancer) -> Response:
             return json_response(
                 {"status": "unavailable", "reason": f"model {model} has no registered worker"}, 503
             )
-        if not any(w.status == "healthy" for w in workers):
+        if not any(w.status == "healthy" and not w.draining for w in workers):
             return json_response(
-                {"status": "unavailable", "reason": f"model {model} has no healthy worker"}, 503
+                {
+                    "status": "unavailable",
+                    "reason": f"model {model} has no healthy worker (draining ones aside)",
+                },
+                503,
             )
     return json_response({"status": "ready"})

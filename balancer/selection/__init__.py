@@ -77,11 +77,16 @@ class Selector:
     ) -> Choice:
         """A worker for the next attempt, or why there is none.
 
-        Ejected workers are skipped unless every candidate is ejected ("panic mode"): then
-        routing to a possibly-down worker beats failing every request.
+        Draining workers are never chosen. Ejected workers are skipped unless every candidate
+        is ejected ("panic mode"): then routing to a possibly-down worker beats failing every
+        request.
         """
         now = self.clock()
-        candidates = [w for w in workers if w.id not in exclude and (accept is None or accept(w))]
+        candidates = [
+            w
+            for w in workers
+            if w.id not in exclude and not w.draining and (accept is None or accept(w))
+        ]
         if not candidates:
             return Choice(None, why="exhausted")
         ready = [w for w in candidates if w.skip_until <= now]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.inprocess import InProcess, eventually, in_process
@@ -42,3 +44,20 @@ async def test_readyz_for_a_model_needs_a_healthy_worker() -> None:
         reply = await lb.client.get("/readyz", params={"model": "m"})
         assert reply.status_code == 503
         assert "no healthy worker" in reply.json()["reason"]
+
+
+async def test_readyz_for_a_model_whose_only_healthy_worker_drains_is_503() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        url = lb.worker("slow", latency=0.3)
+        await lb.register_openai("m", url)
+        await eventually(lambda: next(iter(lb.parts.registry)).status == "healthy")
+        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+        pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=body))
+        await eventually(lambda: next(iter(lb.parts.registry)).inflight == 1)
+        await lb.client.post(
+            "/api/server/drain", json={"model_name": "m", "req_url_template": f"{url}/v1"}
+        )
+        reply = await lb.client.get("/readyz", params={"model": "m"})
+        assert reply.status_code == 503
+        assert "draining" in reply.json()["reason"]
+        assert (await pending).status_code == 200
