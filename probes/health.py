@@ -176,9 +176,10 @@ class WorkerHealth:
         if new == "healthy":
             if transition.old == "ejected":
                 self._decay_from = now
+                self.passive_failures = 0
+            # From unknown, requests that failed before the first probe answered still count.
             self.ejection_reason = None
             self.ejected_until = None
-            self.passive_failures = 0
         return transition
 
 

@@ -79,6 +79,18 @@ def test_a_live_success_resets_the_passive_count() -> None:
     assert health.request_failed(0.0, "x", [health, other]) is None
 
 
+def test_live_failures_before_the_first_probe_still_count() -> None:
+    health = fresh()
+    siblings = [health, fresh()]
+    for _ in range(3):
+        assert health.request_failed(0.5, "HTTP 401", siblings) is None
+    health.probe_succeeded(1.0, latency_ms=3.0)  # unknown -> healthy: the failures stay
+    assert health.passive_failures == 3
+    health.request_failed(1.5, "HTTP 401", siblings)
+    transition = health.request_failed(1.6, "HTTP 401", siblings)
+    assert transition is not None and transition.new == "ejected"
+
+
 def test_passive_ejection_grows_with_each_ejection_and_is_capped() -> None:
     health, other = fresh(), fresh()
     durations = []
