@@ -25,6 +25,11 @@ class ProbeClient(Protocol):
         """Send a request, read the whole answer and return its status; raises Unreachable."""
         ...
 
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        """GET `url`: its status and body; raises Unreachable (also for a body over `limit`
+        bytes)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -72,6 +77,24 @@ class AiohttpProbeClient:
         finally:
             response.release()
         return response.status
+
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        try:
+            response = await self._get_session().get(url, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(_describe(exc)) from exc
+        body = bytearray()
+        try:
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    # Unread, the connection is not kept: release() drops it.
+                    raise Unreachable(f"answer larger than {limit} bytes")
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(_describe(exc)) from exc
+        finally:
+            response.release()
+        return response.status, bytes(body)
 
     async def aclose(self) -> None:
         self._closed = True

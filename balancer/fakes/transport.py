@@ -272,5 +272,18 @@ class FleetProbeClient:
             raise Unreachable(exc.message) from exc
         return response.status
 
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        try:
+            response = await self._transport.request("GET", url, headers=headers, body=None)
+            try:
+                body = await response.read()
+            finally:
+                response.close()
+        except TransportError as exc:
+            raise Unreachable(exc.message) from exc
+        if len(body) > limit:
+            raise Unreachable(f"answer larger than {limit} bytes")
+        return response.status, body
+
     async def aclose(self) -> None:
         pass

@@ -25,6 +25,7 @@ from balancer.templating import (
     parse_extract_path,
 )
 from balancer.types import Api, Strategy, WorkerStatus
+from probes.engine_metrics import EngineLoad
 from probes.health import HealthPolicy, WorkerHealth
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -256,6 +257,11 @@ class Worker:
     removed: bool = False
     seq: int = 0
     """The store's number for its latest registration (`StoredWorker.seq`)."""
+    engine: EngineLoad | None = None
+    """What the engine's own /metrics said at its last reading (None: unknown)."""
+    engine_queue: int = 0
+    """Requests the engine held beyond ours in flight at that reading (other clients'): what
+    load-aware policies add to `inflight`. Ours are counted fresh in `inflight` instead."""
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -273,6 +279,12 @@ class Worker:
     @property
     def status(self) -> WorkerStatus:
         return self.health.status
+
+    def set_engine_load(self, load: EngineLoad | None) -> None:
+        """A new reading of the engine's load (None: unknown, so nothing is added)."""
+        self.engine = load
+        depth = load.queue_depth if load is not None else None
+        self.engine_queue = 0 if depth is None else max(depth - self.inflight, 0)
 
     @property
     def at_capacity(self) -> bool:
@@ -292,6 +304,8 @@ class Worker:
             "status": self.status,
             "inflight": self.inflight,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "queue_depth": None if self.engine is None else self.engine.queue_depth,
+            "kv_cache_usage": None if self.engine is None else self.engine.kv_cache_usage,
             "req_type": spec.req_type,
             "upstream_model": spec.target_model if spec.api == "openai" else None,
             "response_extract": spec.response_extract,
