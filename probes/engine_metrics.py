@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 # For each signal, the names engines publish it under, the preferred one first (vLLM 0.10
 # publishes both of its KV-cache names; the newer one wins).
 WAITING = (
