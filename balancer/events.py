@@ -43,6 +43,8 @@ class RequestRecord:
     tokens_estimated: bool = False
     generation_seconds: float | None = None
     """Time the worker spent generating the output tokens, for tokens per second."""
+    routing_key: str | None = None
+    """The prompt's text, for a policy that routes on it (`cache_aware`); never logged."""
 
     def tokens(self, prompt: int, completion: int, *, estimated: bool) -> None:
         self.input_tokens = prompt

@@ -23,6 +23,7 @@ from balancer.forwarding.relay import Relayed, relay_openai
 from balancer.registry import Worker
 from balancer.responses import Reply, StreamReply, json_response, served_headers
 from balancer.routes.body import optional_number, read_json_object
+from balancer.selection.prompt_key import prompt_key
 from balancer.wiring import Balancer
 
 TemplateAnswer = Callable[[Balancer, Lease, dict[str, Any]], Awaitable[Relayed]]
@@ -84,6 +85,8 @@ async def _forward(
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be true or false, got {stream!r}")
     workers = balancer.forwarder.workers_of(model)
+    if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
+        record.routing_key = prompt_key(data)
     accept = None
     if from_template is None:
         if not any(w.spec.api == "openai" for w in workers):

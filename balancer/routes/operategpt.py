@@ -21,6 +21,8 @@ async def chat(request: Request, balancer: Balancer, record: RequestRecord) -> R
     prompt = required_string(data, "input")
     model = required_string(data, "model_name")
     temperature = optional_number(data, "temperature")
+    if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
+        record.routing_key = prompt
 
     async def attempt(lease: Lease) -> str:
         return await complete_text(balancer.transport, lease, prompt, temperature)

@@ -13,6 +13,7 @@ from balancer.config import DEFAULT_STRATEGY
 from balancer.events import AttemptFailed, AttemptSucceeded, RegistryChanged
 from balancer.registry.models import Worker
 from balancer.selection.base import Policy
+from balancer.selection.cache_aware import CacheAware
 from balancer.selection.least_latency import LeastLatency
 from balancer.selection.least_requests import LeastRequests
 from balancer.selection.random_pick import RandomPick
@@ -26,6 +27,7 @@ POLICIES: dict[Strategy, Callable[[random.Random], Policy]] = {
     "round_robin": lambda rng: RoundRobin(),
     "random": lambda rng: RandomPick(rng),
     "least_requests": lambda rng: LeastRequests(rng),
+    "cache_aware": lambda rng: CacheAware(rng),
 }
 """Every strategy name (`balancer.types.Strategy`) and how to make its policy for one model."""
 
@@ -74,8 +76,10 @@ class Selector:
         exclude: Collection[str] = (),
         accept: Callable[[Worker], bool] | None = None,
         strategy: Strategy | None = None,
+        key: str | None = None,
     ) -> Choice:
-        """A worker for the next attempt, or why there is none.
+        """A worker for the next attempt, or why there is none. `key` is the request's prompt,
+        for policies that route on it (`cache_aware`).
 
         Ejected workers are skipped unless every candidate is ejected ("panic mode"): then
         routing to a possibly-down worker beats failing every request.
@@ -92,7 +96,14 @@ class Selector:
         free = [w for w in (selectable or ready) if not w.at_capacity]
         if not free:
             return Choice(None, panic, why="at_capacity")
-        return Choice(self.policy(model, strategy).pick(free, now), panic)
+        policy = self.policy(model, strategy)
+        if key is not None and isinstance(policy, CacheAware):
+            return Choice(policy.pick_for(key, free, now), panic)
+        return Choice(policy.pick(free, now), panic)
+
+    def routes_on_prompts(self, model: str, strategy: Strategy | None) -> bool:
+        """Whether the model's policy wants each request's prompt (`choose(key=...)`)."""
+        return (strategy or self.default_strategy) == "cache_aware"
 
     def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
         current = self._policies.get(event.worker.model)

@@ -85,7 +85,7 @@ def test_queue_depth_and_kv_cache_usage_appear_in_the_listing(
     assert {row["status"] for row in rows.values()} == {"healthy"}
 
 
-@pytest.mark.parametrize("strategy", ["least_requests", "least_latency"])
+@pytest.mark.parametrize("strategy", ["least_requests", "least_latency", "cache_aware"])
 def test_a_worker_whose_engine_reports_a_long_queue_gets_little_traffic(
     api: httpx.Client, prober: BalancerProcess, spawn: Callable[..., WorkerProcess], strategy: str
 ) -> None:
