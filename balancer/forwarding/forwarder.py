@@ -177,7 +177,13 @@ class Forwarder:
         queue_deadline = min(self.clock() + self.queue_timeout, deadline)
         while len(tried) <= self.max_retries:
             choice = self.selector.choose(
-                model, workers, exclude=tried, accept=accept, strategy=strategy, key=key
+                model,
+                workers,
+                exclude=tried,
+                accept=accept,
+                strategy=strategy,
+                key=key,
+                session=record.session,
             )
             if choice.why == "at_capacity":
                 again = partial(
@@ -188,6 +194,7 @@ class Forwarder:
                     accept=accept,
                     strategy=strategy,
                     key=key,
+                    session=record.session,
                 )
                 queued = await self._wait_for_capacity(model, again, queue_deadline)
                 if queued is None:

@@ -24,6 +24,7 @@ from balancer.registry import Worker
 from balancer.responses import Reply, StreamReply, json_response, served_headers
 from balancer.routes.body import optional_number, read_json_object
 from balancer.selection.prompt_key import prompt_key
+from balancer.selection.sessions import session_of
 from balancer.wiring import Balancer
 
 TemplateAnswer = Callable[[Balancer, Lease, dict[str, Any]], Awaitable[Relayed]]
@@ -87,6 +88,7 @@ async def _forward(
     workers = balancer.forwarder.workers_of(model)
     if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
         record.routing_key = prompt_key(data)
+    record.session = session_of(request.headers.get("x-session-id"), data)
     accept = None
     if from_template is None:
         if not any(w.spec.api == "openai" for w in workers):

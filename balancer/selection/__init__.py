@@ -18,6 +18,7 @@ from balancer.selection.least_latency import LeastLatency
 from balancer.selection.least_requests import LeastRequests
 from balancer.selection.random_pick import RandomPick
 from balancer.selection.round_robin import RoundRobin
+from balancer.selection.sessions import Sessions
 from balancer.selection.weighted import Weighted
 from balancer.types import Clock, Strategy
 
@@ -52,6 +53,7 @@ class Selector:
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         if default_strategy not in POLICIES:
             raise ValueError(f"unknown strategy {default_strategy!r}")
@@ -59,6 +61,7 @@ class Selector:
         self.clock = clock
         self._rng = rng or random.Random()
         self._policies: dict[str, tuple[Strategy, Policy]] = {}
+        self.sessions = sessions if sessions is not None else Sessions()
 
     def policy(self, model: str, strategy: Strategy | None = None) -> Policy:
         """The model's policy, created (or replaced, when the strategy changed) on demand."""
@@ -77,9 +80,10 @@ class Selector:
         accept: Callable[[Worker], bool] | None = None,
         strategy: Strategy | None = None,
         key: str | None = None,
+        session: str | None = None,
     ) -> Choice:
         """A worker for the next attempt, or why there is none. `key` is the request's prompt,
-        for policies that route on it (`cache_aware`).
+        for policies that route on it (`cache_aware`); a `session` sticks to its last worker.
 
         Ejected workers are skipped unless every candidate is ejected ("panic mode"): then
         routing to a possibly-down worker beats failing every request.
@@ -96,10 +100,27 @@ class Selector:
         free = [w for w in (selectable or ready) if not w.at_capacity]
         if not free:
             return Choice(None, panic, why="at_capacity")
+        if session is not None:
+            home = self.sessions.home(model, session, free, now)
+            if home is None or self.sessions.overloaded(home, free):
+                others = [w for w in free if w is not home] or free
+                home = self._pick(model, strategy, others, now, key)
+            self.sessions.remember(model, session, home, now)
+            return Choice(home, panic)
+        return Choice(self._pick(model, strategy, free, now, key), panic)
+
+    def _pick(
+        self,
+        model: str,
+        strategy: Strategy | None,
+        free: Sequence[Worker],
+        now: float,
+        key: str | None,
+    ) -> Worker:
         policy = self.policy(model, strategy)
         if key is not None and isinstance(policy, CacheAware):
-            return Choice(policy.pick_for(key, free, now), panic)
-        return Choice(policy.pick(free, now), panic)
+            return policy.pick_for(key, free, now)
+        return policy.pick(free, now)
 
     def routes_on_prompts(self, model: str, strategy: Strategy | None) -> bool:
         """Whether the model's policy wants each request's prompt (`choose(key=...)`)."""
