@@ -13,7 +13,7 @@ from balancer.config import DEFAULT_PROBE_TIMEOUT
 from balancer.forwarding.prompt import template_request
 from balancer.forwarding.upstream import openai_url, upstream_headers
 from balancer.registry import Worker
-from probes.client import ProbeClient, Unreachable
+from probes.client import ProbeClient, TooLarge, Unreachable
 from probes.engine_metrics import EngineLoad, parse_engine_metrics
 
 PROBE_PROMPT = "ping"
@@ -84,6 +84,9 @@ class Prober:
                 status, body = await self.client.get(
                     url, headers=upstream_headers(worker, None, None), limit=METRICS_LIMIT
                 )
+        except TooLarge:
+            self._no_metrics[worker.id] = now + NO_METRICS_RETRY  # not worth reading each time
+            return None
         except (TimeoutError, Unreachable):
             return None
         load = parse_engine_metrics(body.decode(errors="replace")) if status == 200 else None

@@ -18,6 +18,10 @@ class Unreachable(Exception):
     """No answer came: the connection was refused or broken, or the URL is unusable."""
 
 
+class TooLarge(Unreachable):
+    """The answer was larger than the reader's limit."""
+
+
 class ProbeClient(Protocol):
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
@@ -26,7 +30,7 @@ class ProbeClient(Protocol):
         ...
 
     async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
-        """GET `url`: its status and body; raises Unreachable (also for a body over `limit`
+        """GET `url`: its status and body; raises Unreachable (TooLarge for a body over `limit`
         bytes)."""
         ...
 
@@ -89,7 +93,7 @@ class AiohttpProbeClient:
                 body += chunk
                 if len(body) > limit:
                     # Unread, the connection is not kept: release() drops it.
-                    raise Unreachable(f"answer larger than {limit} bytes")
+                    raise TooLarge(f"answer larger than {limit} bytes")
         except (aiohttp.ClientError, OSError) as exc:
             raise Unreachable(_describe(exc)) from exc
         finally:

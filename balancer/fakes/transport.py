@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message
 
 from balancer.fakes.worker import Behaviour, FakeWorker
 from balancer.forwarding.transport import TransportError
-from probes.client import Unreachable
+from probes.client import TooLarge, Unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,7 +282,7 @@ class FleetProbeClient:
         except TransportError as exc:
             raise Unreachable(exc.message) from exc
         if len(body) > limit:
-            raise Unreachable(f"answer larger than {limit} bytes")
+            raise TooLarge(f"answer larger than {limit} bytes")
         return response.status, body
 
     async def aclose(self) -> None:

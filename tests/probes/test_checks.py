@@ -13,7 +13,7 @@ import pytest
 
 from balancer.registry import Worker, parse_spec
 from probes.checks import Prober, ProbeResult
-from probes.client import AiohttpProbeClient, Unreachable
+from probes.client import AiohttpProbeClient, TooLarge, Unreachable
 
 pytestmark = pytest.mark.anyio
 
@@ -314,10 +314,16 @@ async def test_template_workers_are_not_asked_for_metrics() -> None:
 
 
 @pytest.mark.parametrize(
-    "answer", [(404, b"Not Found"), (200, b"<html>hello</html>"), (401, b"no key")]
+    "answer",
+    [
+        (404, b"Not Found"),
+        (200, b"<html>hello</html>"),
+        (401, b"no key"),
+        TooLarge("answer larger than 4194304 bytes"),
+    ],
 )
 async def test_a_worker_without_engine_metrics_is_not_asked_again_for_a_while(
-    answer: tuple[int, bytes],
+    answer: tuple[int, bytes] | BaseException,
 ) -> None:
     client = FakeClient(bodies={"http://h:9/metrics": answer})
     prober, w = Prober(client), worker(**OPENAI)
@@ -373,5 +379,5 @@ async def test_the_real_client_reads_a_metrics_body_and_refuses_one_too_large(
     async with server:
         status, body = await client.get(f"http://127.0.0.1:{port}/metrics", headers={}, limit=4096)
         assert status == 200 and body == VLLM_BUSY * 3
-        with pytest.raises(Unreachable, match="larger than 100 bytes"):
+        with pytest.raises(TooLarge, match="larger than 100 bytes"):
             await client.get(f"http://127.0.0.1:{port}/metrics", headers={}, limit=100)
