@@ -3,14 +3,16 @@ stays) when that worker goes away."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
+import pytest
 
-from balancer.fakes.processes import WorkerProcess
-from tests.e2e.conftest import register_openai, unique_model
+from balancer.fakes.processes import BalancerProcess, WorkerProcess
+from tests.e2e.conftest import health_of, register_openai, unique_model
 
 
 def answered_by(client: httpx.Client, model: str, **request: Any) -> str:
@@ -39,3 +41,41 @@ def test_a_session_sticks_and_moves_when_its_worker_goes_away(
     workers[home].stop()
     moved = Counter(answered_by(client, model, **session) for _ in range(9))
     assert home not in moved and len(moved) == 1, moved
+
+
+@pytest.fixture(scope="module")
+def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
+    balancer = BalancerProcess(
+        tmp_path_factory.mktemp("sessions"), env={"BALANCER_PROBE_INTERVAL": "0.2"}
+    )
+    balancer.start()
+    yield balancer
+    balancer.stop()
+
+
+def test_a_session_moves_when_its_worker_is_ejected_and_stays_moved_after(
+    prober: BalancerProcess, spawn: Callable[..., WorkerProcess]
+) -> None:
+    model = unique_model()
+    workers = {f"[j{i}]": spawn(f"j{i}") for i in range(3)}
+    with prober.client() as client:
+        ids = {
+            name: register_openai(client, model, w.url, strategy="round_robin")
+            for name, w in workers.items()
+        }
+        session = {"headers": {"X-Session-ID": "conversation-2"}}
+        home = answered_by(client, model, **session)
+        # Its probes fail (it still answers requests): ejected, it is chosen no more.
+        workers[home].control(health_status=500)
+        deadline = time.monotonic() + 10
+        while health_of(client, model, ids[home])["status"] != "ejected":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        moved = Counter(answered_by(client, model, **session) for _ in range(6))
+        assert home not in moved and len(moved) == 1, moved
+        # Back in service, it does not get the session back: its cache is elsewhere now.
+        workers[home].control(health_status=200)
+        while health_of(client, model, ids[home])["status"] != "healthy":
+            assert time.monotonic() < deadline + 10
+            time.sleep(0.05)
+        assert Counter(answered_by(client, model, **session) for _ in range(6)) == moved
