@@ -20,6 +20,15 @@ from balancer.config import (
     settings_reference,
 )
 from balancer.errors import BadRequest
+from balancer.fakes.engine import (
+    DEFAULT_BLOCK_SIZE,
+    DEFAULT_CACHE_BLOCKS,
+    DEFAULT_DECODE_STEP,
+    DEFAULT_DECODE_STEP_PER_REQUEST,
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_PREFILL_TOKENS_PER_S,
+    DEFAULT_SLOTS,
+)
 from balancer.registry import WorkerSpec, parse_spec
 
 _SERVE_OWN_FLAGS = ("host", "port")
@@ -89,27 +98,77 @@ def build_parser() -> argparse.ArgumentParser:
     fake.add_argument("--fail-rate", type=float, default=0.0, help="fraction answered with 500")
     fake.add_argument("--chunks", type=int, default=8, help="chunks per streamed answer")
     fake.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between chunks")
+    engine = fake.add_argument_group(
+        "simulated engine", "with --engine, a vLLM-like engine serves /v1 (docs/engine.md)"
+    )
+    engine.add_argument(
+        "--engine", action="store_true", help="continuous batching, prefix cache, /metrics"
+    )
+    engine.add_argument("--slots", type=int, default=DEFAULT_SLOTS, help="requests run together")
+    engine.add_argument("--cache-blocks", type=int, default=DEFAULT_CACHE_BLOCKS)
+    engine.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="tokens")
+    engine.add_argument(
+        "--prefill-tokens-per-s",
+        type=float,
+        default=DEFAULT_PREFILL_TOKENS_PER_S,
+        help="prompt tokens computed per second (cached ones are free)",
+    )
+    engine.add_argument(
+        "--decode-step", type=float, default=DEFAULT_DECODE_STEP, help="seconds per token alone"
+    )
+    engine.add_argument(
+        "--decode-step-per-request",
+        type=float,
+        default=DEFAULT_DECODE_STEP_PER_REQUEST,
+        help="seconds each further running request adds to a token",
+    )
+    engine.add_argument(
+        "--max-tokens",
+        type=int,
+        default=DEFAULT_MAX_TOKENS,
+        help="tokens generated when a request does not say",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "fake-worker":
-        from balancer.fakes.worker import Behaviour, run
-
-        run(
-            args.host,
-            args.port,
-            Behaviour(
-                name=args.name,
-                latency=args.latency,
-                fail_rate=args.fail_rate,
-                chunks=args.chunks,
-                chunk_delay=args.chunk_delay,
-            ),
-        )
-        return 0
+        return _fake_worker(args)
     return _serve(args)
+
+
+def _fake_worker(args: argparse.Namespace) -> int:
+    from balancer.fakes.worker import Behaviour, run
+
+    behaviour = Behaviour(
+        name=args.name,
+        latency=args.latency,
+        fail_rate=args.fail_rate,
+        chunks=args.chunks,
+        chunk_delay=args.chunk_delay,
+    )
+    if not args.engine:
+        run(args.host, args.port, behaviour)
+        return 0
+    from balancer.fakes import engine_worker
+    from balancer.fakes.engine import EngineConfig
+
+    try:
+        config = EngineConfig(
+            slots=args.slots,
+            cache_blocks=args.cache_blocks,
+            block_size=args.block_size,
+            prefill_tokens_per_s=args.prefill_tokens_per_s,
+            decode_step=args.decode_step,
+            decode_step_per_request=args.decode_step_per_request,
+            max_tokens=args.max_tokens,
+        )
+    except ValueError as exc:
+        print(f"balancer fake-worker: {exc}", file=sys.stderr)
+        return 1
+    engine_worker.run(args.host, args.port, behaviour, config)
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -45,6 +45,10 @@ class RequestRecord:
     tokens_estimated: bool = False
     generation_seconds: float | None = None
     """Time the worker spent generating the output tokens, for tokens per second."""
+    routing_key: str | None = None
+    """The prompt's text, for a policy that routes on it (`cache_aware`); never logged."""
+    session: str | None = None
+    """The client's session (`X-Session-ID`, or OpenAI's `user`): sticks to one worker."""
 
     def tokens(self, prompt: int, completion: int, *, estimated: bool) -> None:
         self.input_tokens = prompt

@@ -14,7 +14,9 @@ ShownStatus = Literal["unknown", "healthy", "ejected", "draining"]
 ClientApi = Literal["operategpt", "openai"]
 """Which of our two front APIs a client called; errors use that API's envelope."""
 
-Strategy = Literal["least_latency", "weighted", "round_robin", "random", "least_requests"]
+Strategy = Literal[
+    "least_latency", "weighted", "round_robin", "random", "least_requests", "cache_aware"
+]
 """How a model's worker is chosen; `balancer.selection.POLICIES` maps each to its policy."""
 
 STRATEGIES: tuple[Strategy, ...] = get_args(Strategy)

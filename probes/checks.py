@@ -13,9 +13,14 @@ from balancer.config import DEFAULT_PROBE_TIMEOUT
 from balancer.forwarding.prompt import template_request
 from balancer.forwarding.upstream import openai_url, upstream_headers
 from balancer.registry import Worker
-from probes.client import ProbeClient, Unreachable
+from probes.client import ProbeClient, TooLarge, Unreachable
+from probes.engine_metrics import EngineLoad, parse_engine_metrics
 
 PROBE_PROMPT = "ping"
+METRICS_LIMIT = 4 << 20
+"""Bytes of a worker's /metrics read at most (vLLM's, histograms and all, is some 100 kB)."""
+NO_METRICS_RETRY = 300.0
+"""Seconds before a worker that has no engine metrics (404, or none we know) is asked again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +44,8 @@ class Prober:
         self.client = client
         self.timeout = timeout
         """Seconds one probe may take, all told: connecting, waiting, reading, a fallback."""
+        self._no_metrics: dict[str, float] = {}
+        """Worker id -> loop time before which its /metrics is not asked for again."""
 
     async def probe(self, worker: Worker) -> ProbeResult:
         deadline = asyncio.get_running_loop().time() + self.timeout
@@ -60,6 +67,35 @@ class Prober:
         # A generic HTTP API: a server that answers at all (below 500) is alive.
         root = origin(spec.req_url_template) + "/"
         return await self._send(worker, deadline, "GET", root, ok_below=500)
+
+    async def read_engine(self, worker: Worker) -> EngineLoad | None:
+        """What an `openai` worker's server says of its load on its /metrics (vLLM, SGLang, TGI,
+        llama.cpp), or None when unknown. Never fails: a server without metrics is simply not
+        asked again for NO_METRICS_RETRY seconds; one that does not answer is asked next time."""
+        if worker.spec.api != "openai":
+            return None
+        now = asyncio.get_running_loop().time()
+        if self._no_metrics.get(worker.id, 0.0) > now:
+            return None
+        self._no_metrics.pop(worker.id, None)
+        url = origin(worker.spec.req_url_template) + "/metrics"
+        try:
+            async with asyncio.timeout(self.timeout):
+                status, body = await self.client.get(
+                    url, headers=upstream_headers(worker, None, None), limit=METRICS_LIMIT
+                )
+        except TooLarge:
+            self._no_metrics[worker.id] = now + NO_METRICS_RETRY  # not worth reading each time
+            return None
+        except (TimeoutError, Unreachable):
+            return None
+        load = parse_engine_metrics(body.decode(errors="replace")) if status == 200 else None
+        if load is None and status < 500:
+            self._no_metrics[worker.id] = now + NO_METRICS_RETRY
+        return load
+
+    def forget(self, worker_id: str) -> None:
+        self._no_metrics.pop(worker_id, None)
 
     async def _inference(self, worker: Worker, deadline: float) -> ProbeResult:
         """A real request for one token: costs a little, proves the model answers."""

@@ -18,11 +18,20 @@ class Unreachable(Exception):
     """No answer came: the connection was refused or broken, or the URL is unusable."""
 
 
+class TooLarge(Unreachable):
+    """The answer was larger than the reader's limit."""
+
+
 class ProbeClient(Protocol):
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
     ) -> int:
         """Send a request, read the whole answer and return its status; raises Unreachable."""
+        ...
+
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        """GET `url`: its status and body; raises Unreachable (TooLarge for a body over `limit`
+        bytes)."""
         ...
 
     async def aclose(self) -> None: ...
@@ -72,6 +81,24 @@ class AiohttpProbeClient:
         finally:
             response.release()
         return response.status
+
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        try:
+            response = await self._get_session().get(url, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(_describe(exc)) from exc
+        body = bytearray()
+        try:
+            async for chunk in response.content.iter_chunked(1 << 16):
+                body += chunk
+                if len(body) > limit:
+                    # Unread, the connection is not kept: release() drops it.
+                    raise TooLarge(f"answer larger than {limit} bytes")
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(_describe(exc)) from exc
+        finally:
+            response.release()
+        return response.status, bytes(body)
 
     async def aclose(self) -> None:
         self._closed = True

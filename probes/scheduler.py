@@ -137,6 +137,7 @@ class ProbeScheduler:
     def on_registry_changed(self, event: RegistryChanged) -> None:
         worker = event.worker
         if event.change == "removed":
+            self.prober.forget(worker.id)
             if self.has_job(worker.id):
                 _detached(self._scheduler.remove_job, worker.id)
         elif event.change == "registered" or not self.has_job(worker.id):
@@ -156,6 +157,13 @@ class ProbeScheduler:
         self._in_flight.add(task)
         try:
             result = await self.prober.probe(worker)
+            if worker.removed:
+                return
+            self.monitor.probe_result(worker, result)
+            # The engine's own load, read with the probe (never per request). An ejected
+            # worker gets no traffic: its load does not matter until it is back.
+            alive = result.ok and worker.status != "ejected"
+            worker.set_engine_load(await self.prober.read_engine(worker) if alive else None)
         except asyncio.CancelledError:
             if self._scheduler.running:
                 raise
@@ -165,8 +173,6 @@ class ProbeScheduler:
             return
         finally:
             self._in_flight.discard(task)
-        if not worker.removed:
-            self.monitor.probe_result(worker, result)
 
 
 _P = ParamSpec("_P")

@@ -109,7 +109,8 @@ class WorkerProcess(Process):
         args = [sys.executable, "-m", "balancer", "fake-worker", "--port", str(self.port)]
         args += ["--name", name]
         for key, value in options.items():
-            args += [f"--{key.replace('_', '-')}", str(value)]
+            flag = f"--{key.replace('_', '-')}"
+            args += [flag] if value is True else [flag, str(value)]
         super().__init__(
             args,
             tmp / f"worker-{name}-{self.port}.log",

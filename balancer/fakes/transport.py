@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message
 
 from balancer.fakes.worker import Behaviour, FakeWorker
 from balancer.forwarding.transport import TransportError
-from probes.client import Unreachable
+from probes.client import TooLarge, Unreachable
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +274,19 @@ class FleetProbeClient:
         except TransportError as exc:
             raise Unreachable(exc.message) from exc
         return response.status
+
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        try:
+            response = await self._transport.request("GET", url, headers=headers, body=None)
+            try:
+                body = await response.read()
+            finally:
+                response.close()
+        except TransportError as exc:
+            raise Unreachable(exc.message) from exc
+        if len(body) > limit:
+            raise TooLarge(f"answer larger than {limit} bytes")
+        return response.status, body
 
     async def aclose(self) -> None:
         pass

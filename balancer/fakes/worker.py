@@ -67,6 +67,8 @@ class Behaviour:
     """`"usage": null` on every chunk once `include_usage` is asked for, as vLLM does."""
     omit_usage: bool = False
     """No `usage` in answers, streamed or not, whatever was asked."""
+    metrics: str = ""
+    """Served as Prometheus text at GET /metrics, as an engine's own (empty: no /metrics)."""
     chunk_split: int = 0
     """Write only this many bytes of each event, the rest with the next one, as a busy
     connection delivers them: no read then ends with a whole event (0: an event a write)."""
@@ -109,6 +111,16 @@ class FakeWorker:
             return
         if path == "/_control" and method == "POST":
             await self._control(send, body)
+            return
+        if path == "/metrics" and method == "GET" and b.metrics:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b.metrics.encode()})
             return
         if path == "/_stats":
             await _reply(send, 200, {"name": b.name, "served": self.served})

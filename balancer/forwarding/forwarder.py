@@ -167,6 +167,7 @@ class Forwarder:
     ) -> Served[T] | _Unserved:
         """Try workers of one model, never the same one twice, within the retry budget."""
         strategy = self.registry.options(model).strategy
+        key = record.routing_key
         budget = self._budgets.get(model)
         if budget is None:
             budget = self._budgets[model] = self._new_budget()
@@ -176,7 +177,13 @@ class Forwarder:
         queue_deadline = min(self.clock() + self.queue_timeout, deadline)
         while len(tried) <= self.max_retries:
             choice = self.selector.choose(
-                model, workers, exclude=tried, accept=accept, strategy=strategy
+                model,
+                workers,
+                exclude=tried,
+                accept=accept,
+                strategy=strategy,
+                key=key,
+                session=record.session,
             )
             if choice.why == "at_capacity":
                 again = partial(
@@ -186,6 +193,8 @@ class Forwarder:
                     exclude=tried,
                     accept=accept,
                     strategy=strategy,
+                    key=key,
+                    session=record.session,
                 )
                 queued = await self._wait_for_capacity(model, again, queue_deadline)
                 if queued is None:

@@ -25,6 +25,7 @@ from balancer.templating import (
     parse_extract_path,
 )
 from balancer.types import Api, ShownStatus, Strategy, WorkerStatus
+from probes.engine_metrics import EngineLoad
 from probes.health import HealthPolicy, WorkerHealth
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -279,6 +280,11 @@ class Worker:
     """Takes no new request; removed once its requests in flight are done (`draining.Drainer`)."""
     seq: int = 0
     """The store's number for its latest registration (`StoredWorker.seq`)."""
+    engine: EngineLoad | None = None
+    """What the engine's own /metrics said at its last reading (None: unknown)."""
+    engine_queue: int = 0
+    """Requests the engine held beyond ours in flight at that reading (other clients'): what
+    load-aware policies add to `inflight`. Ours are counted fresh in `inflight` instead."""
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -307,6 +313,12 @@ class Worker:
         """Its status as listed: `draining` while it is, else its health."""
         return "draining" if self.draining else self.health.status
 
+    def set_engine_load(self, load: EngineLoad | None) -> None:
+        """A new reading of the engine's load (None: unknown, so nothing is added)."""
+        self.engine = load
+        depth = load.queue_depth if load is not None else None
+        self.engine_queue = 0 if depth is None else max(depth - self.inflight, 0)
+
     @property
     def at_capacity(self) -> bool:
         limit = self.spec.max_concurrency
@@ -325,6 +337,8 @@ class Worker:
             "status": self.shown_status,
             "inflight": self.inflight,
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 3),
+            "queue_depth": None if self.engine is None else self.engine.queue_depth,
+            "kv_cache_usage": None if self.engine is None else self.engine.kv_cache_usage,
             "req_type": spec.req_type,
             "upstream_model": spec.target_model if spec.api == "openai" else None,
             "response_extract": spec.response_extract,

@@ -37,6 +37,8 @@ from balancer.registry import Worker
 from balancer.responses import Reply, StreamReply, json_response, served_headers
 from balancer.routes.body import optional_number, read_body, read_json_object
 from balancer.routes.form import Form, is_form, read_form
+from balancer.selection.prompt_key import prompt_key
+from balancer.selection.sessions import session_of
 from balancer.wiring import Balancer
 
 TemplateAnswer = Callable[[Balancer, Lease, dict[str, Any]], Awaitable[Relayed]]
@@ -302,6 +304,10 @@ async def _forward(
     model, stream, data = body.model, body.stream, body.data
     path = endpoint.path
     workers = balancer.forwarder.workers_of(model)
+    fields = data if data is not None else {}  # a form upload routes by its model alone
+    if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
+        record.routing_key = prompt_key(fields)
+    record.session = session_of(request.headers.get("x-session-id"), fields)
     accept: Callable[[Worker], bool] | None = None
     if from_template is None:
         if not any(w.spec.api == "openai" for w in workers):

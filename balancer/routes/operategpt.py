@@ -13,6 +13,7 @@ from balancer.forwarding.prompt import complete_text
 from balancer.registry import Worker
 from balancer.responses import json_response, served_headers
 from balancer.routes.body import optional_number, read_json_object, required_string
+from balancer.selection.sessions import session_of
 from balancer.wiring import Balancer
 
 OPERATEGPT_PATH = "/api/v1/chat/completions"
@@ -29,6 +30,9 @@ async def chat(request: Request, balancer: Balancer, record: RequestRecord) -> R
     prompt = required_string(data, "input")
     model = required_string(data, "model_name")
     temperature = optional_number(data, "temperature")
+    if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
+        record.routing_key = prompt
+    record.session = session_of(request.headers.get("x-session-id"), data)
 
     async def attempt(lease: Lease) -> str:
         return await complete_text(balancer.transport, lease, prompt, temperature)

@@ -13,10 +13,12 @@ from balancer.config import DEFAULT_STRATEGY
 from balancer.events import AttemptFailed, AttemptSucceeded, RegistryChanged
 from balancer.registry.models import Worker
 from balancer.selection.base import Policy
+from balancer.selection.cache_aware import CacheAware
 from balancer.selection.least_latency import LeastLatency
 from balancer.selection.least_requests import LeastRequests
 from balancer.selection.random_pick import RandomPick
 from balancer.selection.round_robin import RoundRobin
+from balancer.selection.sessions import Sessions
 from balancer.selection.weighted import Weighted
 from balancer.types import Clock, Strategy
 
@@ -26,6 +28,7 @@ POLICIES: dict[Strategy, Callable[[random.Random], Policy]] = {
     "round_robin": lambda rng: RoundRobin(),
     "random": lambda rng: RandomPick(rng),
     "least_requests": lambda rng: LeastRequests(rng),
+    "cache_aware": lambda rng: CacheAware(rng),
 }
 """Every strategy name (`balancer.types.Strategy`) and how to make its policy for one model."""
 
@@ -50,6 +53,7 @@ class Selector:
         *,
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         if default_strategy not in POLICIES:
             raise ValueError(f"unknown strategy {default_strategy!r}")
@@ -57,6 +61,7 @@ class Selector:
         self.clock = clock
         self._rng = rng or random.Random()
         self._policies: dict[str, tuple[Strategy, Policy]] = {}
+        self.sessions = sessions if sessions is not None else Sessions()
 
     def policy(self, model: str, strategy: Strategy | None = None) -> Policy:
         """The model's policy, created (or replaced, when the strategy changed) on demand."""
@@ -74,8 +79,11 @@ class Selector:
         exclude: Collection[str] = (),
         accept: Callable[[Worker], bool] | None = None,
         strategy: Strategy | None = None,
+        key: str | None = None,
+        session: str | None = None,
     ) -> Choice:
-        """A worker for the next attempt, or why there is none.
+        """A worker for the next attempt, or why there is none. `key` is the request's prompt,
+        for policies that route on it (`cache_aware`); a `session` sticks to its last worker.
 
         Draining workers are never chosen. Ejected workers are skipped unless every candidate
         is ejected ("panic mode"): then routing to a possibly-down worker beats failing every
@@ -97,7 +105,31 @@ class Selector:
         free = [w for w in (selectable or ready) if not w.at_capacity]
         if not free:
             return Choice(None, panic, why="at_capacity")
-        return Choice(self.policy(model, strategy).pick(free, now), panic)
+        if session is not None:
+            home = self.sessions.home(model, session, free, now)
+            if home is None or self.sessions.overloaded(home, free):
+                others = [w for w in free if w is not home] or free
+                home = self._pick(model, strategy, others, now, key)
+            self.sessions.remember(model, session, home, now)
+            return Choice(home, panic)
+        return Choice(self._pick(model, strategy, free, now, key), panic)
+
+    def _pick(
+        self,
+        model: str,
+        strategy: Strategy | None,
+        free: Sequence[Worker],
+        now: float,
+        key: str | None,
+    ) -> Worker:
+        policy = self.policy(model, strategy)
+        if key is not None and isinstance(policy, CacheAware):
+            return policy.pick_for(key, free, now)
+        return policy.pick(free, now)
+
+    def routes_on_prompts(self, model: str, strategy: Strategy | None) -> bool:
+        """Whether the model's policy wants each request's prompt (`choose(key=...)`)."""
+        return (strategy or self.default_strategy) == "cache_aware"
 
     def on_attempt_succeeded(self, event: AttemptSucceeded) -> None:
         current = self._policies.get(event.worker.model)

@@ -3,7 +3,8 @@
 Each worker has a latency estimate that jumps up to a slow sample at once and otherwise decays
 towards recent samples over `window` seconds (and towards zero while the worker gets no traffic,
 so a worker that was slow is tried again). The cost of a worker is that estimate times
-(requests in flight + 1), divided by its weight; of two workers drawn at random the cheaper wins.
+(requests in flight + those its engine reported beyond ours + 1), divided by its weight; of two
+workers drawn at random the cheaper wins.
 A failed attempt counts as a `failure_penalty` sample, so a worker that fails fast does not look
 fast. A worker with no sample yet starts at the average of its siblings (neutral), so it gets
 real traffic and earns an estimate of its own.
@@ -64,7 +65,7 @@ class LeastLatency:
         latency = self.estimate(worker.id, now)
         if latency is None:
             latency = self._neutral(siblings, now)
-        return latency * (worker.inflight + 1) / worker.spec.weight
+        return latency * (worker.inflight + worker.engine_queue + 1) / worker.spec.weight
 
     def _neutral(self, siblings: Sequence[Worker], now: float) -> float:
         known = [e for w in siblings if (e := self.estimate(w.id, now)) is not None]

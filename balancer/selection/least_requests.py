@@ -1,5 +1,8 @@
 """Least requests: of two workers drawn at random, the one with fewer requests in flight per unit
-of weight (power of two choices: nearly as good as scanning all, without herding on one)."""
+of weight (power of two choices: nearly as good as scanning all, without herding on one).
+
+A worker's requests are ours in flight plus those its engine last reported holding beyond ours
+(`Worker.engine_queue`, from its /metrics): other clients' load that our own count cannot see."""
 
 from __future__ import annotations
 
@@ -33,6 +36,6 @@ class LeastRequests(StatelessPolicy):
         if isinstance(drawn, Worker):
             return drawn
         a, b = drawn
-        load_a = (a.inflight + 1) / a.spec.weight
-        load_b = (b.inflight + 1) / b.spec.weight
+        load_a = (a.inflight + a.engine_queue + 1) / a.spec.weight
+        load_b = (b.inflight + b.engine_queue + 1) / b.spec.weight
         return a if load_a <= load_b else b

@@ -112,6 +112,11 @@ class RawWorker:
 
     async def _close(self) -> None:
         self._server.close()
+        # A connection accepted just before is handed to _accepted on a later turn of the loop:
+        # let it arrive, so that its socket is closed with the others (the balancer's probes,
+        # which also read /metrics, may be connecting right now).
+        for _ in range(3):
+            await asyncio.sleep(0)
         for writer in self._writers:
             writer.transport.abort()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -13,7 +13,7 @@ import pytest
 
 from balancer.registry import Worker, parse_spec
 from probes.checks import Prober, ProbeResult
-from probes.client import AiohttpProbeClient, Unreachable
+from probes.client import AiohttpProbeClient, TooLarge, Unreachable
 
 pytestmark = pytest.mark.anyio
 
@@ -34,6 +34,8 @@ class FakeClient:
 
     answers: dict[str, Answer] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)
+    bodies: dict[str, tuple[int, bytes] | BaseException] = field(default_factory=dict)
+    """What GETs with a body to read answer (404 if not here)."""
 
     async def request(
         self, method: str, url: str, *, headers: Mapping[str, str], body: bytes | None
@@ -44,6 +46,13 @@ class FakeClient:
             raise answer
         if callable(answer):
             return await answer()
+        return answer
+
+    async def get(self, url: str, *, headers: Mapping[str, str], limit: int) -> tuple[int, bytes]:
+        self.sent.append(Sent("GET", url, dict(headers), None))
+        answer = self.bodies.get(url, (404, b"Not Found"))
+        if isinstance(answer, BaseException):
+            raise answer
         return answer
 
     async def aclose(self) -> None:
@@ -276,3 +285,99 @@ async def test_probes_of_a_worker_never_wait_for_connections_held_by_others(
             for task in hanging:
                 task.cancel()
             await asyncio.gather(*hanging, return_exceptions=True)
+
+
+# Engine signals: an OpenAI worker's server's own /metrics, read with the probe.
+
+VLLM_BUSY = (
+    b"# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n"
+    b"# TYPE vllm:num_requests_waiting gauge\n"
+    b'vllm:num_requests_waiting{engine="0",model_name="m"} 30.0\n'
+    b'vllm:num_requests_running{engine="0",model_name="m"} 8.0\n'
+    b'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.5\n'
+)
+
+
+async def test_an_openai_workers_engine_load_is_read_from_its_origins_metrics() -> None:
+    client = FakeClient(bodies={"http://h:9/metrics": (200, VLLM_BUSY)})
+    w = worker(**OPENAI, header={"Authorization": "Bearer k"})
+    load = await Prober(client).read_engine(w)
+    assert load is not None and load.queue_depth == 38 and load.kv_cache_usage == 0.5
+    assert client.urls == ["http://h:9/metrics"]
+    assert client.sent[0].headers["Authorization"] == "Bearer k"
+
+
+async def test_template_workers_are_not_asked_for_metrics() -> None:
+    client = FakeClient()
+    assert await Prober(client).read_engine(worker(**TEMPLATE)) is None
+    assert client.urls == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        (404, b"Not Found"),
+        (200, b"<html>hello</html>"),
+        (401, b"no key"),
+        TooLarge("answer larger than 4194304 bytes"),
+    ],
+)
+async def test_a_worker_without_engine_metrics_is_not_asked_again_for_a_while(
+    answer: tuple[int, bytes] | BaseException,
+) -> None:
+    client = FakeClient(bodies={"http://h:9/metrics": answer})
+    prober, w = Prober(client), worker(**OPENAI)
+    assert await prober.read_engine(w) is None
+    assert await prober.read_engine(w) is None
+    assert client.urls == ["http://h:9/metrics"]
+    prober.forget(w.id)  # removed and registered again: asked afresh
+    await prober.read_engine(w)
+    assert len(client.urls) == 2
+
+
+@pytest.mark.parametrize(
+    "answer", [Unreachable("cannot connect: refused"), (503, b"busy"), (500, b"")]
+)
+async def test_a_metrics_read_that_fails_says_unknown_and_is_tried_next_time(
+    answer: tuple[int, bytes] | BaseException,
+) -> None:
+    client = FakeClient(bodies={"http://h:9/metrics": answer})
+    prober, w = Prober(client), worker(**OPENAI)
+    assert await prober.read_engine(w) is None
+    assert await prober.read_engine(w) is None
+    assert len(client.urls) == 2
+
+
+async def test_a_metrics_read_that_hangs_ends_at_the_probe_timeout() -> None:
+    class Hanging(FakeClient):
+        async def get(
+            self, url: str, *, headers: Mapping[str, str], limit: int
+        ) -> tuple[int, bytes]:
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+    assert await Prober(Hanging(), timeout=0.05).read_engine(worker(**OPENAI)) is None
+
+
+async def test_the_real_client_reads_a_metrics_body_and_refuses_one_too_large(
+    client: AiohttpProbeClient,
+) -> None:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        body = VLLM_BUSY * 3
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\n\r\n"
+            + body
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        status, body = await client.get(f"http://127.0.0.1:{port}/metrics", headers={}, limit=4096)
+        assert status == 200 and body == VLLM_BUSY * 3
+        with pytest.raises(TooLarge, match="larger than 100 bytes"):
+            await client.get(f"http://127.0.0.1:{port}/metrics", headers={}, limit=100)

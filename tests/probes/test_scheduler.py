@@ -106,3 +106,29 @@ async def test_the_tick_is_at_most_a_tenth_of_the_interval() -> None:
         assert lb.parts.probes.tick == pytest.approx(0.001)
     async with in_process(probe_interval=5) as lb:
         assert lb.parts.probes.tick == pytest.approx(PROBE_TICK)
+
+
+VLLM = (
+    'vllm:num_requests_waiting{engine="0",model_name="m"} 5.0\n'
+    'vllm:num_requests_running{engine="0",model_name="m"} 3.0\n'
+    'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25\n'
+)
+
+
+async def test_each_probe_reads_the_engines_load_and_a_failed_one_forgets_it() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        await lb.register_openai("m", lb.worker("vllm", metrics=VLLM))
+        await lb.register_openai("m", lb.worker("plain"))
+        engine, plain = lb.parts.registry
+        await eventually(lambda: engine.engine is not None)
+        assert engine.engine is not None and engine.engine.queue_depth == 8
+        assert engine.engine_queue == 8 and engine.describe()["kv_cache_usage"] == 0.25
+        await eventually(lambda: plain.status == "healthy")
+        assert plain.engine is None and plain.describe()["queue_depth"] is None
+        # /metrics is not asked again of a worker that has none, however often it is probed.
+        served = lb.fleet.workers["plain"].served
+        await eventually(lambda: served.get("/v1/models", 0) >= 4)
+        assert served.get("/metrics") == 1
+        lb.fleet.stopped.add("vllm")
+        await eventually(lambda: engine.engine is None)
+        assert engine.engine_queue == 0

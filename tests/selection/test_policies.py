@@ -4,7 +4,9 @@ import random
 
 from balancer.registry import Worker, parse_spec
 from balancer.selection.least_latency import DEFAULT_RTT, LeastLatency
+from balancer.selection.least_requests import LeastRequests
 from balancer.selection.weighted import Weighted
+from probes.engine_metrics import EngineLoad
 
 
 def worker(port: int, weight: float = 1.0) -> Worker:
@@ -80,3 +82,26 @@ def test_forgetting_a_worker_drops_its_estimate() -> None:
     policy.observe(w, 0.1, 0.0)
     policy.forget(w.id)
     assert policy.estimate(w.id, 0.0) is None
+
+
+def test_load_aware_policies_count_the_engines_queue_on_top_of_ours() -> None:
+    idle, busy = worker(1), worker(2)
+    busy.set_engine_load(EngineLoad(waiting=30, running=8, kv_cache_usage=0.9))
+    for policy in (LeastRequests(random.Random(1)), LeastLatency(random.Random(1))):
+        if isinstance(policy, LeastLatency):
+            policy.observe(idle, 0.05, 0.0)
+            policy.observe(busy, 0.05, 0.0)
+        idle.inflight = 10  # ours: many, but fewer than the engine's queue elsewhere
+        picks = [policy.pick([idle, busy], 0.0) for _ in range(50)]
+        assert picks.count(idle) == 50, type(policy).__name__
+
+
+def test_the_engines_queue_counts_only_what_is_beyond_our_own_in_flight() -> None:
+    w = worker(1)
+    w.inflight = 6
+    w.set_engine_load(EngineLoad(waiting=2, running=8, kv_cache_usage=None))
+    assert w.engine_queue == 4  # ten held, six of them ours
+    w.set_engine_load(EngineLoad(waiting=0, running=3, kv_cache_usage=None))
+    assert w.engine_queue == 0  # a stale reading never makes ours count less
+    w.set_engine_load(None)
+    assert w.engine_queue == 0 and w.describe()["queue_depth"] is None
