@@ -11,11 +11,13 @@ from prometheus_client import CollectorRegistry
 
 from balancer.config import Settings
 from balancer.events import Events
+from balancer.fleet import Fleet
 from balancer.forwarding.forwarder import Forwarder
 from balancer.forwarding.retry_budget import RetryBudget
 from balancer.forwarding.transport import AiohttpTransport, Transport
 from balancer.metrics import Metrics
 from balancer.registry import Store, WorkerRegistry, open_store
+from balancer.registry.follow import StoreFollower
 from balancer.selection import Selector
 from probes.checks import Prober
 from probes.client import AiohttpProbeClient, ProbeClient
@@ -37,6 +39,8 @@ class Balancer:
     probes: ProbeScheduler
     probe_client: ProbeClient
     metrics: Metrics
+    follower: StoreFollower
+    fleet: Fleet
 
 
 def build(
@@ -79,6 +83,8 @@ def build(
         jitter=settings.probe_jitter,
     )
     metrics = Metrics(metrics_registry or CollectorRegistry(auto_describe=True), registry)
+    follower = StoreFollower(registry, availability=events.store_availability)
+    fleet = Fleet(store, changed=events.replicas_changed)
     balancer = Balancer(
         settings=settings,
         events=events,
@@ -97,6 +103,8 @@ def build(
         probes=probes,
         probe_client=probe_client,
         metrics=metrics,
+        follower=follower,
+        fleet=fleet,
     )
     connect(balancer)
     return balancer
@@ -123,3 +131,6 @@ def connect(b: Balancer) -> None:
     e.registry_changed.connect(b.probes.on_registry_changed)
     e.registry_changed.connect(b.metrics.on_registry_changed)
     e.request_finished.connect(b.metrics.on_request_finished)
+    e.store_availability.connect(b.metrics.on_store_availability)
+    e.replicas_changed.connect(b.forwarder.on_replicas_changed)
+    e.replicas_changed.connect(b.metrics.on_replicas_changed)
