@@ -48,7 +48,7 @@ class Fleet:
         ttl: float = HEARTBEAT_TTL,
     ) -> None:
         self.store = store
-        self.changed = changed or Signal[ReplicasChanged]("changed")
+        self.changed = changed if changed is not None else Signal[ReplicasChanged]("changed")
         self.interval = interval
         self.ttl = ttl
         self.id = replica_id()
@@ -70,8 +70,9 @@ class Fleet:
                 await self.beat()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                pass  # the store follower says the store is down, once
+            except Exception as exc:
+                # The store follower says when the store is down, once; this is the rest.
+                log.debug("heartbeat_failed", error=repr(exc), replica=self.id)
             await asyncio.sleep(self.interval)
 
     async def leave(self) -> None:

@@ -132,6 +132,10 @@ class WorkerProcess(Process):
         """Change the worker's behaviour while it runs."""
         httpx.post(self.url + "/_control", json=changes, timeout=5).raise_for_status()
 
+    def peak_inflight(self) -> int:
+        """The most inference calls it had at once."""
+        return int(httpx.get(self.url + "/_stats", timeout=5).json()["peak_inflight"])
+
     def served(self) -> dict[str, int]:
         data: dict[str, int] = httpx.get(self.url + "/_stats", timeout=5).json()["served"]
         return data

@@ -50,7 +50,9 @@ class StoreFollower:
         clock: Clock = time.monotonic,
     ) -> None:
         self.registry = registry
-        self.availability = availability or Signal[StoreAvailability]("availability")
+        self.availability = (
+            availability if availability is not None else Signal[StoreAvailability]("availability")
+        )
         self.tick = tick
         self.full_read_interval = full_read_interval
         self.clock = clock
