@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 import redis.asyncio as aioredis
@@ -92,16 +91,6 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
-def redacted(url: str) -> str:
-    """The store's URL without its password, for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return parts._replace(netloc=user + netloc).geturl()
-
-
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -127,7 +116,7 @@ class RedisStore:
                 f"the store's schema is version {found}, written by a newer balancer; this one "
                 f"reads up to version {SCHEMA_VERSION}: run the newer balancer"
             )
-            log.error("store_schema_too_new", store=redacted(self.url), error=error)
+            log.error("store_schema_too_new", store=self.url, error=error)
             raise SchemaTooNew(error)
         for version in range(found + 1, SCHEMA_VERSION + 1):
             if MIGRATIONS[version - 1]:
@@ -141,9 +130,7 @@ class RedisStore:
                 version,
             )
         if found != SCHEMA_VERSION:
-            log.info(
-                "store_migrated", store=redacted(self.url), found=found, version=SCHEMA_VERSION
-            )
+            log.info("store_migrated", store=self.url, found=found, version=SCHEMA_VERSION)
 
     async def load(self) -> list[StoredWorker]:
         return (await self.snapshot())[1]

@@ -17,10 +17,11 @@ import structlog
 
 from balancer.errors import StoreUnavailable
 from balancer.fakes.processes import RedisProcess
+from balancer.logging import redact_text, redact_url
 from balancer.registry import SchemaTooNew, WorkerRegistry, WorkerSpec, open_store, parse_spec
 from balancer.registry.follow import StoreAvailability, StoreFollower
 from balancer.registry.models import worker_id
-from balancer.registry.redis import SCHEMA, VERSION, WORKER, WORKERS, RedisStore, redacted
+from balancer.registry.redis import SCHEMA, VERSION, WORKER, WORKERS, RedisStore
 from balancer.registry.store import StoreChange
 from balancer.signals import Signal
 from tests.inprocess import eventually
@@ -216,6 +217,8 @@ async def test_redis_gone_keeps_memory_refuses_writes_then_catches_up(tmp_path: 
 
 
 def test_the_password_never_reaches_the_logs() -> None:
-    assert redacted("redis://:s3cret@redis:6379/0") == "redis://:***@redis:6379/0"
-    assert redacted("rediss://user:s3cret@redis/1") == "rediss://user:***@redis/1"
-    assert redacted("redis://redis:6379/0") == "redis://redis:6379/0"
+    assert redact_text("store redis://:s3cret@redis:6379/0: refused") == (
+        "store redis://***@redis:6379/0: refused"
+    )
+    assert redact_url("rediss://user:s3cret@redis/1") == "rediss://***@redis/1"
+    assert redact_url("redis://redis:6379/0") == "redis://redis:6379/0"
