@@ -174,6 +174,9 @@ class WorkerRegistry:
         version = await self.store.version()
         if version == self._seen_version and not full:
             return False
+        if self._seen_version is not None and version < self._seen_version:
+            await self._restore(version)
+            return await self._catch_up(full=True)
         # Read before the snapshot (a commit in between moves it again, and the next call
         # reloads), and taken as seen only once the snapshot is in: a load that fails is tried
         # again by the next call.
@@ -194,6 +197,23 @@ class WorkerRegistry:
                 self._settle_options(existing.model)
                 changed = True
         return changed or not full
+
+    async def _restore(self, version: int) -> None:
+        """The store went back in time (a Redis restarted without its data, or from an older
+        copy): write back what memory holds, in registration order, so that no registration
+        is lost. Every replica that saw it does the same; writes are keyed by worker id, so
+        none is duplicated."""
+        log.warning(
+            "store_lost_writes",
+            seen=self._seen_version,
+            found=version,
+            restoring=len(self._by_id),
+            hint="the store holds less than it did; writing back this replica's registry",
+        )
+        await self.store.open()  # its schema version, if that went too
+        for worker in sorted(self._by_id.values(), key=lambda w: w.seq):
+            worker.seq = await self.store.upsert(worker.id, worker.spec)
+        self._seen_version = None
 
     def _drop(self, worker: Worker) -> None:
         del self._by_id[worker.id]

@@ -222,3 +222,29 @@ def test_the_password_never_reaches_the_logs() -> None:
     )
     assert redact_url("rediss://user:s3cret@redis/1") == "rediss://***@redis/1"
     assert redact_url("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+async def test_a_redis_that_lost_its_data_gets_the_registry_back_from_the_replicas(
+    redis_url: str,
+) -> None:
+    """Restarted without its data (no append-only file): the replicas write back what they
+    hold, so no registration is lost, and none is duplicated."""
+    async with replicas(redis_url, 2) as [(a, _), (b, _)]:
+        await a.register(spec(1))
+        await b.register(spec(2, strategy="random"))
+        await eventually(lambda: len(urls(a)) == len(urls(b)) == 2, within=1.0)
+        writer = aioredis.from_url(redis_url)
+        await writer.flushall()
+        await eventually(lambda: len(urls(a)) == len(urls(b)) == 2, within=0.5)
+        await asyncio.sleep(0.3)  # a few version checks
+        store = RedisStore(redis_url)
+        rows = await store.load()
+        assert sorted(row.spec.req_url_template for row in rows) == [
+            "http://127.0.0.1:1/v1",
+            "http://127.0.0.1:2/v1",
+        ]
+        assert int(await writer.get(SCHEMA) or 0) == 1
+        assert sorted(urls(a)) == sorted(urls(b)) and len(urls(a)) == 2
+        assert b.options("m").strategy == "random"
+        await store.close()
+        await writer.aclose()
