@@ -4,6 +4,7 @@ start-up and shutdown of the parts `wiring.build` made."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -91,8 +92,10 @@ def _lifespan(
             workers_loaded=loaded,
             workers=len(b.registry),
         )
-        # This replica's share of each max_concurrency, before the first request.
-        await b.fleet.beat()
+        # This replica's share of each max_concurrency, before the first request (if the
+        # store has just gone, the heartbeat loop tries again).
+        with contextlib.suppress(Exception):
+            await b.fleet.beat()
         b.probes.start()
         background = [
             asyncio.create_task(b.follower.run()),

@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 
@@ -176,7 +177,7 @@ class RedisStore:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
             await subscriber.aclose()
 
-    async def _feed(self, pubsub: Any, tick: float) -> ChangeFeed:
+    async def _feed(self, pubsub: PubSub, tick: float) -> ChangeFeed:
         while True:
             message = await pubsub.get_message(timeout=tick)
             if message is None:

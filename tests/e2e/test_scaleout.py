@@ -104,12 +104,17 @@ def readyz(balancer: BalancerProcess) -> dict[str, Any]:
     return answer
 
 
-def replicas(balancer: BalancerProcess) -> float:
-    """The replicas it counts, from its /metrics."""
+def gauge(balancer: BalancerProcess, name: str) -> float:
+    """A metric without labels, from its /metrics."""
     for line in httpx.get(f"{balancer.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith("balancer_replicas "):
+        if line.startswith(name + " "):
             return float(line.split()[1])
-    raise AssertionError("no balancer_replicas")
+    raise AssertionError(f"no {name}")
+
+
+def replicas(balancer: BalancerProcess) -> float:
+    """The replicas it counts."""
+    return gauge(balancer, "balancer_replicas")
 
 
 def register(balancer: BalancerProcess, registration: dict[str, Any]) -> httpx.Response:
@@ -205,6 +210,7 @@ def test_a_redis_outage_under_load_fails_no_request_and_loses_no_registration(
                 ready = httpx.get(f"{balancer.url}/readyz")
                 assert ready.status_code == 200
                 assert ready.json()["store"] == "unavailable"
+                assert gauge(balancer, "balancer_store_up") == 0
             refused = [
                 register(balancer, openai_registration(unique_model("during"), workers[0]))
                 for balancer in fleet
@@ -218,6 +224,12 @@ def test_a_redis_outage_under_load_fails_no_request_and_loses_no_registration(
 
             redis_module.start()
             on_each(fleet, lambda r: "store" not in readyz(r), 10.0, "catches up")
+            for balancer in fleet:
+                assert gauge(balancer, "balancer_store_up") == 1
+                assert gauge(balancer, "balancer_store_outages_total") == 1
+                events = balancer.log.read_text()
+                assert '"event":"store_unavailable"' in events
+                assert '"event":"store_available"' in events
             time.sleep(0.3)
         finally:
             stop.set()
