@@ -73,7 +73,7 @@ return version
 """
 
 _LOAD = """
-local out = {redis.call('GET', KEYS[2]) or '0'}
+local out = {}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     local row = redis.call('HMGET', ARGV[1] .. id, 'spec', 'seq')
     table.insert(out, id)
@@ -134,20 +134,17 @@ class RedisStore:
             log.info("store_migrated", store=self.url, found=found, version=SCHEMA_VERSION)
 
     async def load(self) -> list[StoredWorker]:
-        return (await self.snapshot())[1]
-
-    async def snapshot(self) -> tuple[int, list[StoredWorker]]:
-        """The version and every registration, read at one moment."""
-        reply: list[Any] = await self._load(keys=[WORKERS, VERSION], args=[WORKER])
+        # One script: every registration as it was at one moment.
+        reply: list[Any] = await self._load(keys=[WORKERS], args=[WORKER])
         loaded = []
-        for i in range(1, len(reply), 3):
+        for i in range(0, len(reply), 3):
             wid, blob, seq = reply[i].decode(), reply[i + 1], reply[i + 2]
             if blob is None:
                 continue
             row = self._rows.read(wid, blob, int(seq or 0))
             if row is not None:
                 loaded.append(row)
-        return int(reply[0]), loaded
+        return loaded
 
     async def upsert(self, worker_id: str, spec: WorkerSpec) -> int:
         blob = orjson.dumps(spec.model_dump(exclude_defaults=True))
