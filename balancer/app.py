@@ -108,6 +108,7 @@ def _lifespan(
             yield
         finally:
             # Requests in flight have drained by now (uvicorn waits for them first).
+            b.follower.stop()
             for task in background:
                 task.cancel()
             await b.fleet.leave()

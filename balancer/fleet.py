@@ -53,6 +53,7 @@ class Fleet:
         self.ttl = ttl
         self.id = replica_id()
         self.replicas = 1
+        self._stopping = False
 
     async def beat(self) -> None:
         """One heartbeat; the count it returns becomes this replica's."""
@@ -64,8 +65,8 @@ class Fleet:
                 self.changed.send(ReplicasChanged(replicas))
 
     async def run(self) -> None:
-        """Beat until cancelled. While the store is out the last count stands."""
-        while True:
+        """Beat until `leave` (or cancelled). While the store is out the last count stands."""
+        while not self._stopping:
             try:
                 await self.beat()
             except asyncio.CancelledError:
@@ -76,6 +77,8 @@ class Fleet:
             await asyncio.sleep(self.interval)
 
     async def leave(self) -> None:
+        """Stop beating and take this replica out of the count at once."""
+        self._stopping = True
         try:
             await self.store.leave(self.id)
         except Exception as exc:

@@ -60,12 +60,18 @@ class StoreFollower:
         """False while the store cannot be reached: the registry is as last read."""
         self.error: str | None = None
         self._down_since: float | None = None
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Stop following within a tick. Cancelling `run` alone is not enough: redis-py's reads
+        with a timeout can swallow a cancellation (the read is then simply made again)."""
+        self._stopping = True
 
     async def run(self) -> None:
-        """Follow the store until cancelled."""
+        """Follow the store until stopped (or cancelled)."""
         store = self.registry.store
         wait = RETRY_MIN
-        while True:
+        while not self._stopping:
             try:
                 async with store.changes(self.tick) as feed:
                     # Subscribed first, then read: nothing published after the read is missed.
@@ -75,6 +81,8 @@ class StoreFollower:
                     wait = RETRY_MIN
                     last_full_read = self.clock()
                     async for change in feed:
+                        if self._stopping:
+                            return
                         if change is not None:
                             await self.registry.apply(change)
                             continue

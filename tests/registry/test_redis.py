@@ -54,6 +54,8 @@ async def replicas(url: str, count: int) -> AsyncIterator[list[tuple[WorkerRegis
     try:
         yield started
     finally:
+        for _, follower in started:
+            follower.stop()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -221,6 +223,7 @@ async def test_redis_gone_keeps_memory_refuses_writes_then_catches_up(tmp_path: 
         assert urls(registry) == ["http://127.0.0.1:1/v1", "http://127.0.0.1:3/v1"]
         assert heard == [False, True]
     finally:
+        follower.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await registry.store.close()
