@@ -4,6 +4,7 @@ start-up and shutdown of the parts `wiring.build` made."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -20,14 +21,13 @@ from balancer.fakes.demo import DEMO_MODEL, DemoWorkers
 from balancer.logging import get_logger
 from balancer.metrics import Metrics
 from balancer.middleware import RequestContextMiddleware
-from balancer.registry import WorkerRegistry, WorkerSpec
+from balancer.registry import WorkerSpec
 from balancer.responses import error_reply
 from balancer.routing import Router, api_of_path, openapi_schema
 from balancer.wiring import Balancer, build
 
 log = get_logger("balancer.app")
 
-STORE_REFRESH_INTERVAL = 1.0
 LOOP_LAG_INTERVAL = 0.1
 GAUGE_REFRESH_INTERVAL = 1.0
 
@@ -92,9 +92,14 @@ def _lifespan(
             workers_loaded=loaded,
             workers=len(b.registry),
         )
+        # This replica's share of each max_concurrency, before the first request (if the
+        # store has just gone, the heartbeat loop tries again).
+        with contextlib.suppress(Exception):
+            await b.fleet.beat()
         b.probes.start()
         background = [
-            asyncio.create_task(_follow_store(b.registry)),
+            asyncio.create_task(b.follower.run()),
+            asyncio.create_task(b.fleet.run()),
             asyncio.create_task(_watch_loop_lag(b.metrics)),
         ]
         if b.metrics.multiprocess:
@@ -103,8 +108,10 @@ def _lifespan(
             yield
         finally:
             # Requests in flight have drained by now (uvicorn waits for them first).
+            b.follower.stop()
             for task in background:
                 task.cancel()
+            await b.fleet.leave()
             b.metrics.process_exiting()
             await b.drainer.close()
             await b.probes.shutdown()
@@ -134,14 +141,3 @@ async def _refresh_gauges(metrics: Metrics) -> None:
     while True:
         metrics.refresh_gauges()
         await asyncio.sleep(GAUGE_REFRESH_INTERVAL)
-
-
-async def _follow_store(registry: WorkerRegistry) -> None:
-    """Pick up registrations made by other processes sharing the store (`--workers N`)."""
-    while True:
-        await asyncio.sleep(STORE_REFRESH_INTERVAL)
-        try:
-            if await registry.refresh():
-                log.info("registry_refreshed", workers=len(registry))
-        except Exception as exc:
-            log.warning("store_refresh_failed", error=repr(exc))

@@ -77,8 +77,9 @@ class Settings(BaseSettings):
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port to listen on.")
     store: str = Field(
         DEFAULT_STORE,
-        description="Where the registry is kept: sqlite:///relative.db, sqlite:////abs.db "
-        "or sqlite:///:memory:.",
+        description="Where the registry is kept: sqlite:///relative.db, sqlite:////abs.db, "
+        "sqlite:///:memory:, or redis://[:password@]host:6379/0 (rediss:// for TLS) for "
+        "replicas sharing one registry.",
     )
     admin_token: SecretStr | None = Field(
         None,

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from balancer.errors import UpstreamError
+from balancer.fleet import ReplicasChanged
+from balancer.registry.follow import StoreAvailability
 from balancer.registry.index import RegistryChanged
 from balancer.registry.models import Worker
 from balancer.signals import Signal
@@ -139,8 +141,9 @@ class RequestFinished:
 
 
 class Events:
-    """The signals of one balancer. `RegistryChanged` is defined with the registry (which sends
-    it, and sits below this module); every other parameter object is here."""
+    """The signals of one balancer. `RegistryChanged` and `StoreAvailability` are defined with
+    the registry (which sends them, and sits below this module), `ReplicasChanged` with the
+    fleet; every other parameter object is here."""
 
     __slots__ = (
         "attempt_failed",
@@ -151,8 +154,10 @@ class Events:
         "probed",
         "queued",
         "registry_changed",
+        "replicas_changed",
         "request_finished",
         "retried",
+        "store_availability",
     )
 
     def __init__(self) -> None:
@@ -166,6 +171,8 @@ class Events:
         self.health_changed = Signal[HealthChanged]("health_changed")
         self.registry_changed = Signal[RegistryChanged]("registry_changed")
         self.request_finished = Signal[RequestFinished]("request_finished")
+        self.store_availability = Signal[StoreAvailability]("store_availability")
+        self.replicas_changed = Signal[ReplicasChanged]("replicas_changed")
 
 
 __all__ = [
@@ -178,8 +185,10 @@ __all__ = [
     "Probed",
     "Queued",
     "RegistryChanged",
+    "ReplicasChanged",
     "RequestFinished",
     "RequestRecord",
     "Retried",
     "Signal",
+    "StoreAvailability",
 ]

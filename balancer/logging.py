@@ -26,9 +26,10 @@ _QUIET_LOGGERS = {
 _UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 _SECRET_WORDS = ("authorization", "key", "token", "secret", "password", "cookie")
 _SECRET_PARAMS = ("key", "token", "secret", "password", "sig", "auth")
-_URL_FIELDS = ("url", "req_url_template", "health_url")
+_URL_FIELDS = ("url", "req_url_template", "health_url", "store")
 _REDACTED_FIELDS = frozenset({"header", "headers", *_URL_FIELDS, "error", "reason", "last_error"})
-_URL = re.compile(r"https?://[^\s'\"<>]+")
+# Workers' URLs, and the store's (a Redis URL may hold its password).
+_URL = re.compile(r"(?:https?|rediss?)://[^\s'\"<>]+")
 
 
 def is_secret_header(name: str) -> bool:

@@ -34,8 +34,10 @@ from balancer.events import (
     Probed,
     Queued,
     RegistryChanged,
+    ReplicasChanged,
     RequestFinished,
     Retried,
+    StoreAvailability,
 )
 from balancer.registry import Worker, WorkerRegistry
 
@@ -203,6 +205,27 @@ class Metrics:
             buckets=LOOP_LAG_BUCKETS,
             registry=registry,
         )
+        self.store_up = Gauge(
+            "balancer_store_up",
+            "1 while the store (SQLite file or Redis) can be reached, else 0: the registry is "
+            "then served as last read and admin writes answer 503.",
+            multiprocess_mode="livemin",
+            registry=registry,
+        )
+        self.store_up.set(1)
+        self.store_outages = Counter(
+            "balancer_store_outages_total",
+            "Times the store could no longer be reached.",
+            registry=registry,
+        )
+        self.replicas = Gauge(
+            "balancer_replicas",
+            "Live balancer replicas sharing the store (by heartbeat), this one included; each "
+            "keeps max_concurrency divided by this.",
+            multiprocess_mode="livemax",
+            registry=registry,
+        )
+        self.replicas.set(1)
         # Several processes (`--workers N`) share their counts through files in
         # PROMETHEUS_MULTIPROC_DIR; a collector reading one process's state at scrape time would
         # then show only the process that happened to answer the scrape, so the state gauges
@@ -349,6 +372,14 @@ class Metrics:
             worker = event.worker
             reason = worker.health.ejection_reason or "probe"
             self._child(self.ejections, worker.model, worker.id, reason).inc()
+
+    def on_store_availability(self, event: StoreAvailability) -> None:
+        self.store_up.set(1 if event.up else 0)
+        if not event.up:
+            self.store_outages.inc()
+
+    def on_replicas_changed(self, event: ReplicasChanged) -> None:
+        self.replicas.set(event.replicas)
 
     def on_registry_changed(self, event: RegistryChanged) -> None:
         worker = event.worker

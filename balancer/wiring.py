@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from balancer.config import Settings
 from balancer.draining import Drainer
 from balancer.events import Events
+from balancer.fleet import Fleet
 from balancer.forwarding.affinity import ResponseOwners
 from balancer.forwarding.forwarder import Forwarder
 from balancer.forwarding.retry_budget import RetryBudget
@@ -19,6 +20,7 @@ from balancer.forwarding.transport import AiohttpTransport, Transport
 from balancer.live import LiveStats
 from balancer.metrics import Metrics
 from balancer.registry import Store, WorkerRegistry, open_store
+from balancer.registry.follow import StoreFollower
 from balancer.selection import Selector
 from probes.checks import Prober
 from probes.client import AiohttpProbeClient, ProbeClient
@@ -44,6 +46,8 @@ class Balancer:
     """Which worker holds each stored response (Responses API `previous_response_id`)."""
     live: LiveStats
     drainer: Drainer
+    follower: StoreFollower
+    fleet: Fleet
 
 
 def build(
@@ -86,6 +90,8 @@ def build(
         jitter=settings.probe_jitter,
     )
     metrics = Metrics(metrics_registry or CollectorRegistry(auto_describe=True), registry)
+    follower = StoreFollower(registry, availability=events.store_availability)
+    fleet = Fleet(store, changed=events.replicas_changed)
     balancer = Balancer(
         settings=settings,
         events=events,
@@ -107,6 +113,8 @@ def build(
         responses=ResponseOwners(),
         live=LiveStats(),
         drainer=Drainer(registry),
+        follower=follower,
+        fleet=fleet,
     )
     connect(balancer)
     return balancer
@@ -138,3 +146,6 @@ def connect(b: Balancer) -> None:
     e.registry_changed.connect(b.live.on_registry_changed)
     e.request_finished.connect(b.metrics.on_request_finished)
     e.request_finished.connect(b.live.on_request_finished)
+    e.store_availability.connect(b.metrics.on_store_availability)
+    e.replicas_changed.connect(b.forwarder.on_replicas_changed)
+    e.replicas_changed.connect(b.metrics.on_replicas_changed)

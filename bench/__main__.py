@@ -11,7 +11,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import overhead, report, scale, selection
+from bench import overhead, replication, report, scale, selection
 
 RESULTS = Path(__file__).parent / "results" / "latest.md"
 
@@ -74,6 +74,8 @@ def main() -> int:
         probes = scale.probe_scale(tmp)
         print("soak ...", file=sys.stderr, flush=True)
         soaked = scale.soak(tmp, seconds=soak_seconds, warmup=min(60.0, soak_seconds / 3))
+        print("replication ...", file=sys.stderr, flush=True)
+        replicated = replication.run(tmp, changes=20 if args.quick else 100)
 
     out.append("# Benchmark results\n\n")
     out.append(
@@ -138,6 +140,7 @@ def main() -> int:
     )
     for t, rss in soaked.samples[:: max(1, len(soaked.samples) // 12)]:
         out.append(f"| {t:.0f} | {rss / 2**20:.1f} |\n")
+    out.append(replication.section(replicated))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("".join(out))
     print(f"wrote {RESULTS}", file=sys.stderr)

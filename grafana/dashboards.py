@@ -269,7 +269,15 @@ def workers() -> db.Dashboard:
             graph(
                 "Workers by state",
                 "short",
-                [(f"sum by (state) (balancer_worker_state{{{M}}})", "{{state}}")],
+                # Every replica reports every worker: count each worker once per state it has
+                # on any replica.
+                [
+                    (
+                        "sum by (state) "
+                        f"(max by (model, worker, state) (balancer_worker_state{{{M}}}))",
+                        "{{state}}",
+                    )
+                ],
             )
         )
         .with_panel(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 
+from balancer.fakes.processes import RedisProcess
 from tests.inprocess import InProcess, in_process
 
 
@@ -37,3 +39,24 @@ async def lb() -> AsyncIterator[InProcess]:
     """A balancer with default settings, in-process, in front of in-process fake workers."""
     async with in_process() as started:
         yield started
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
+    """A real redis-server (Debian's, installed by `scripts/install --system`) on a free
+    loopback port, stopped by PID."""
+    server = RedisProcess(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisProcess) -> str:
+    """The shared server, emptied for this test."""
+    client = redis.Redis(port=redis_server.port)
+    client.flushall()
+    client.close()
+    return redis_server.url

@@ -31,6 +31,9 @@ FAMILIES = [
     "balancer_panic_total",
     "balancer_queue_wait_seconds",
     "balancer_event_loop_lag_seconds",
+    "balancer_store_up",
+    "balancer_store_outages_total",
+    "balancer_replicas",
 ]
 
 

@@ -60,11 +60,11 @@ class EngineWorker(FakeWorker):
                 await send({"type": "http.response.body", "body": generate_latest(self.registry)})
                 return
             if route in (("POST", "/v1/chat/completions"), ("POST", "/v1/completions")):
-                await self._infer(scope, receive, send)
+                await self._engine_answer(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
-    async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _engine_answer(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         self.served[path] = self.served.get(path, 0) + 1
         try:

@@ -133,6 +133,10 @@ class WorkerProcess(Process):
         """Change the worker's behaviour while it runs."""
         httpx.post(self.url + "/_control", json=changes, timeout=5).raise_for_status()
 
+    def peak_inflight(self) -> int:
+        """The most inference calls it had at once."""
+        return int(httpx.get(self.url + "/_stats", timeout=5).json()["peak_inflight"])
+
     def served(self) -> dict[str, int]:
         data: dict[str, int] = httpx.get(self.url + "/_stats", timeout=5).json()["served"]
         return data
@@ -185,3 +189,43 @@ class BalancerProcess(Process):
 
     def client(self, **kwargs: Any) -> httpx.Client:
         return httpx.Client(base_url=self.url, timeout=30, **kwargs)
+
+
+class RedisProcess(Process):
+    """Debian's `redis-server` on a free loopback port, its data in `tmp` (append-only file,
+    fsync'd on every write: a restart keeps every registration)."""
+
+    def __init__(self, tmp: Path, *, port: int | None = None, name: str = "redis") -> None:
+        self.port = port or free_port()
+        data = tmp / f"{name}-{self.port}"
+        data.mkdir(parents=True, exist_ok=True)
+        args = ["redis-server", "--bind", HOST, "--port", str(self.port), "--dir", str(data)]
+        args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+        args += ["--protected-mode", "no", "--daemonize", "no"]
+        super().__init__(args, tmp / f"{name}-{self.port}.log")
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.spawn()
+        deadline = time.monotonic() + timeout
+        while not self.answers():
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"redis-server exited with {self.proc.returncode}:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not come up in {timeout}s:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def answers(self) -> bool:
+        """It answers PING (and has loaded its data: until then it answers LOADING)."""
+        try:
+            with socket.create_connection((HOST, self.port), timeout=1) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False

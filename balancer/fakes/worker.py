@@ -81,6 +81,9 @@ class FakeWorker:
         self.responses: dict[str, dict[str, Any]] = {}
         """Stored responses (Responses API), by id."""
         self._made = 0
+        self.inflight = 0
+        self.peak_inflight = 0
+        """The most inference calls it had at once (what a max_concurrency must bound)."""
         self._random = random.Random(seed)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -123,7 +126,8 @@ class FakeWorker:
             await send({"type": "http.response.body", "body": b.metrics.encode()})
             return
         if path == "/_stats":
-            await _reply(send, 200, {"name": b.name, "served": self.served})
+            stats = {"name": b.name, "served": self.served, "peak_inflight": self.peak_inflight}
+            await _reply(send, 200, stats)
             return
         if path.startswith("/v1/responses/"):
             await self._stored(method, path.removeprefix("/v1/responses/"), send)
@@ -143,6 +147,15 @@ class FakeWorker:
             return
         if method == "GET":
             request = dict(_query(scope))
+        self.inflight += 1
+        self.peak_inflight = max(self.peak_inflight, self.inflight)
+        try:
+            await self._infer(handler, request, send)
+        finally:
+            self.inflight -= 1
+
+    async def _infer(self, handler: Any, request: dict[str, Any], send: Send) -> None:
+        b = self.behaviour
         failing = bool(b.fail_rate) and self._random.random() < b.fail_rate
         if b.latency and not (failing and b.fail_fast):
             await asyncio.sleep(b.latency)

@@ -39,7 +39,15 @@ from balancer.errors import (
     UpstreamError,
     UpstreamTimeout,
 )
-from balancer.events import Events, Panic, Queued, RegistryChanged, RequestRecord, Retried
+from balancer.events import (
+    Events,
+    Panic,
+    Queued,
+    RegistryChanged,
+    ReplicasChanged,
+    RequestRecord,
+    Retried,
+)
 from balancer.forwarding.capacity import CapacityQueue
 from balancer.forwarding.deadlines import Deadlines
 from balancer.forwarding.lease import Lease
@@ -336,6 +344,12 @@ class Forwarder:
     async def close(self) -> None:
         """At shutdown, once no request is left."""
         await self._deadlines.close()
+
+    def on_replicas_changed(self, event: ReplicasChanged) -> None:
+        """Each replica's share of a worker's max_concurrency follows the number of replicas;
+        a share that grew may serve queued requests."""
+        for worker in self.registry.share(event.replicas):
+            self._capacity.grown(worker)
 
     def on_registry_changed(self, event: RegistryChanged) -> None:
         """A worker registered or updated may bring slots that queued requests wait for; the

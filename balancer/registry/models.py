@@ -285,6 +285,10 @@ class Worker:
     engine_queue: int = 0
     """Requests the engine held beyond ours in flight at that reading (other clients'): what
     load-aware policies add to `inflight`. Ours are counted fresh in `inflight` instead."""
+    replicas: int = 1
+    """Balancer replicas sharing its `max_concurrency` (this one included)."""
+    limit: int | None = field(init=False, default=None)
+    """Requests this replica may have in flight to it: its share of `max_concurrency`."""
     id: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -294,6 +298,17 @@ class Worker:
     def set_spec(self, spec: WorkerSpec) -> None:
         self.spec = spec
         self.extract = parse_extract_path(spec.response_extract) if spec.response_extract else None
+        self.share(self.replicas)
+
+    def share(self, replicas: int) -> bool:
+        """Split `max_concurrency` between `replicas` (at least 1 each, so a limit below the
+        number of replicas is exceeded rather than a worker never used); True if this replica's
+        share grew."""
+        before = self.limit
+        self.replicas = max(replicas, 1)
+        limit = self.spec.max_concurrency
+        self.limit = None if limit is None else max(limit // self.replicas, 1)
+        return before is not None and self.limit is not None and self.limit > before
 
     @property
     def model(self) -> str:
@@ -321,7 +336,7 @@ class Worker:
 
     @property
     def at_capacity(self) -> bool:
-        limit = self.spec.max_concurrency
+        limit = self.limit
         return limit is not None and self.inflight >= limit
 
     def describe(self) -> dict[str, Any]:

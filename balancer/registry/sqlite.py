@@ -10,18 +10,18 @@ import asyncio
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
 
 import orjson
-from pydantic import ValidationError
 
 from balancer.config import ConfigError
 from balancer.logging import get_logger
 from balancer.registry.models import WorkerSpec
-from balancer.registry.store import SchemaTooNew, StoredWorker
+from balancer.registry.store import ChangeFeed, RowReader, SchemaTooNew, StoredWorker
 
 T = TypeVar("T")
 
@@ -83,8 +83,8 @@ class SQLiteStore:
         # sqlite3 connections are not thread-safe; one thread owns ours and serialises writes.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
         self._conn: sqlite3.Connection | None = None
-        # Rows this version cannot read, by id: warned about once (refresh reloads every row).
-        self._skipped: dict[str, bytes | str] = {}
+        # Rows this version cannot read are warned about once (refresh reloads every row).
+        self._rows = RowReader()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         def call() -> T:
@@ -131,37 +131,7 @@ class SQLiteStore:
         rows = await self._run(
             lambda c: c.execute("SELECT id, spec, seq FROM workers ORDER BY rowid").fetchall()
         )
-        loaded = []
-        for wid, blob, seq in rows:
-            try:
-                spec = WorkerSpec.model_validate(orjson.loads(blob))
-                if spec.worker_id != wid:
-                    raise ValueError(f"its model and URL make the id {spec.worker_id}")
-            # Not JSON (orjson), a registration this version refuses (pydantic), a wrong id.
-            except ValueError as exc:
-                self._skip(wid, blob, exc)
-                continue
-            loaded.append(StoredWorker(spec, seq))
-        return loaded
-
-    def _skip(self, wid: str, blob: bytes | str, exc: Exception) -> None:
-        """A row this version cannot read (a newer balancer's field or rule): left as it is."""
-        if self._skipped.get(wid) == blob:
-            return
-        self._skipped[wid] = blob
-        if isinstance(exc, ValidationError):
-            reason = "; ".join(
-                f"{'.'.join(map(str, error['loc'])) or 'row'}: {error['msg']}"
-                for error in exc.errors(include_url=False)
-            )
-        else:
-            reason = str(exc)
-        log.warning(
-            "stored_worker_skipped",
-            worker=wid,
-            reason=reason,
-            hint="this version cannot read the row; it stays in the store untouched",
-        )
+        return [row for wid, blob, seq in rows if (row := self._rows.read(wid, blob, seq))]
 
     async def upsert(self, worker_id: str, spec: WorkerSpec) -> int:
         blob = orjson.dumps(spec.model_dump(exclude_defaults=True))
@@ -187,6 +157,18 @@ class SQLiteStore:
         row = await self._run(lambda c: c.execute("PRAGMA data_version").fetchone())
         return int(row[0])
 
+    @asynccontextmanager
+    async def changes(self, tick: float) -> AsyncIterator[ChangeFeed]:
+        # No feed: the file is looked at every tick (`version`), which costs one PRAGMA.
+        yield _ticks(tick)
+
+    async def heartbeat(self, replica: str, ttl: float) -> int:
+        # Processes sharing a file (`--workers N`) each keep a worker's whole max_concurrency.
+        return 1
+
+    async def leave(self, replica: str) -> None:
+        return None
+
     async def ping(self) -> None:
         await self._run(lambda c: c.execute("SELECT 1").fetchone())
 
@@ -199,6 +181,12 @@ class SQLiteStore:
 
         await asyncio.get_running_loop().run_in_executor(self._executor, close)
         self._executor.shutdown(wait=True)
+
+
+async def _ticks(tick: float) -> ChangeFeed:
+    while True:
+        await asyncio.sleep(tick)
+        yield None
 
 
 def _use_wal(conn: sqlite3.Connection, *, within: float = 5.0) -> None:

@@ -22,11 +22,12 @@ async def healthz(request: Request, balancer: Balancer) -> Response:
 
 
 async def readyz(request: Request, balancer: Balancer) -> Response:
-    """Readiness: the store answers and the prober runs (and `?model=` has a healthy worker)."""
-    try:
-        await balancer.store.ping()
-    except Exception as exc:
-        return json_response({"status": "unavailable", "reason": f"store: {exc!r}"}, 503)
+    """Readiness: the prober runs (and `?model=` has a healthy worker). A store that cannot be
+    reached is reported (`"store": "unavailable"`) but keeps the replica ready: it serves the
+    registry as last read, and replicas all failing readiness together over one Redis outage
+    would take the whole service down. It waits on nothing: the store's state is the follower's.
+    """
+    follower = balancer.follower
     if not balancer.probes.running:
         return json_response({"status": "unavailable", "reason": "probe scheduler stopped"}, 503)
     model = request.query_params.get("model")
@@ -44,4 +45,13 @@ async def readyz(request: Request, balancer: Balancer) -> Response:
                 },
                 503,
             )
+    if not follower.up:
+        return json_response(
+            {
+                "status": "ready",
+                "store": "unavailable",
+                "reason": f"store: {follower.error}; serving the registry as last read, "
+                "admin writes answer 503 until it is back",
+            }
+        )
     return json_response({"status": "ready"})

@@ -207,6 +207,7 @@ def test_the_alert_rules_load(stack: tuple[str, BalancerProcess]) -> None:
         "BalancerModelWithoutHealthyWorker",
         "BalancerHighErrorRatio",
         "BalancerLatencyP99Burn",
+        "BalancerStoreUnavailable",
     }
     assert all(r["health"] == "ok" for g in groups for r in g["rules"])
 

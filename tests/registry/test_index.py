@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 
 from balancer.registry import ModelOptions, StoredWorker, WorkerRegistry, WorkerSpec, parse_spec
 from balancer.registry.sqlite import SQLiteStore
+from balancer.registry.store import ChangeFeed
 
 pytestmark = pytest.mark.anyio
 
@@ -60,6 +61,15 @@ class PausingStore:
 
     async def version(self) -> int:
         return await self.inner.version()
+
+    def changes(self, tick: float) -> AbstractAsyncContextManager[ChangeFeed]:
+        return self.inner.changes(tick)
+
+    async def heartbeat(self, replica: str, ttl: float) -> int:
+        return await self.inner.heartbeat(replica, ttl)
+
+    async def leave(self, replica: str) -> None:
+        await self.inner.leave(replica)
 
     async def ping(self) -> None:
         await self.inner.ping()

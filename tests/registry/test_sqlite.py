@@ -60,7 +60,7 @@ def test_removing_an_unknown_worker_is_not_found(tmp_path: Path) -> None:
     asyncio.run(run())
 
 
-@pytest.mark.parametrize("url", ["redis://localhost", "sqlite:/x.db", "postgres://x"])
+@pytest.mark.parametrize("url", ["sqlite:/x.db", "postgres://x", "redis+sentinel://x"])
 def test_unsupported_store_urls_are_a_config_error(url: str) -> None:
     with pytest.raises(ConfigError):
         open_store(url)
