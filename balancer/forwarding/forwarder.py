@@ -183,28 +183,21 @@ class Forwarder:
         tried: list[str] = []
         last: UpstreamError | None = None
         queue_deadline = min(self.clock() + self.queue_timeout, deadline)
+        # `tried` grows in place: each call excludes every worker tried so far.
+        choose = partial(
+            self.selector.choose,
+            model,
+            workers,
+            exclude=tried,
+            accept=accept,
+            strategy=strategy,
+            key=key,
+            session=record.session,
+        )
         while len(tried) <= self.max_retries:
-            choice = self.selector.choose(
-                model,
-                workers,
-                exclude=tried,
-                accept=accept,
-                strategy=strategy,
-                key=key,
-                session=record.session,
-            )
+            choice = choose()
             if choice.why == "at_capacity":
-                again = partial(
-                    self.selector.choose,
-                    model,
-                    workers,
-                    exclude=tried,
-                    accept=accept,
-                    strategy=strategy,
-                    key=key,
-                    session=record.session,
-                )
-                queued = await self._wait_for_capacity(model, again, queue_deadline)
+                queued = await self._wait_for_capacity(model, choose, queue_deadline)
                 if queued is None:
                     return _Unserved(
                         len(tried),
