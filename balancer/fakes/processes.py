@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -87,6 +87,14 @@ class Process:
     def wait(self, timeout: float = 15.0) -> int:
         assert self.proc is not None
         return self.proc.wait(timeout)
+
+    def __enter__(self) -> Self:
+        """`with Process(...) as p:` starts it and stops it at the end, whatever happens."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it has not exited within 10 s."""

@@ -38,7 +38,7 @@ def driver() -> Iterator[WebDriver]:
 @pytest.fixture(scope="module")
 def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
     """A balancer that probes often, without an admin token (loopback manages it)."""
-    balancer = BalancerProcess(
+    with BalancerProcess(
         tmp_path_factory.mktemp("console"),
         env={
             "BALANCER_PROBE_INTERVAL": str(PROBE_INTERVAL),
@@ -46,10 +46,8 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
             "BALANCER_UNHEALTHY_THRESHOLD": str(UNHEALTHY_THRESHOLD),
             "BALANCER_HEALTHY_THRESHOLD": str(HEALTHY_THRESHOLD),
         },
-    )
-    balancer.start()
-    yield balancer
-    balancer.stop()
+    ) as balancer:
+        yield balancer
 
 
 @pytest.fixture

@@ -35,12 +35,10 @@ VLLM_IDLE = VLLM_LONG_QUEUE.replace("} 8.0", "} 0.0").replace("} 40.0", "} 0.0")
 
 @pytest.fixture(scope="module")
 def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
-    balancer = BalancerProcess(
+    with BalancerProcess(
         tmp_path_factory.mktemp("signals"), env={"BALANCER_PROBE_INTERVAL": str(INTERVAL)}
-    )
-    balancer.start()
-    yield balancer
-    balancer.stop()
+    ) as balancer:
+        yield balancer
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ HEALTHY_THRESHOLD = 2
 
 @pytest.fixture(scope="module")
 def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess]:
-    balancer = BalancerProcess(
+    with BalancerProcess(
         tmp_path_factory.mktemp("probes"),
         env={
             "BALANCER_PROBE_INTERVAL": str(INTERVAL),
@@ -35,10 +35,8 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
             "BALANCER_UNHEALTHY_THRESHOLD": str(UNHEALTHY_THRESHOLD),
             "BALANCER_HEALTHY_THRESHOLD": str(HEALTHY_THRESHOLD),
         },
-    )
-    balancer.start()
-    yield balancer
-    balancer.stop()
+    ) as balancer:
+        yield balancer
 
 
 @pytest.fixture
