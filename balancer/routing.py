@@ -91,6 +91,9 @@ ROUTES: tuple[Route | InferenceRoute, ...] = (
     InferenceRoute(
         "DELETE", "/v1/responses/{response_id}", openai.stored_response, "openai", "openai"
     ),
+    InferenceRoute(
+        "POST", "/v1/responses/{response_id}", openai.stored_response, "openai", "openai"
+    ),
     InferenceRoute("POST", "/v1/images/generations", openai.image_generations, "openai", "openai"),
     InferenceRoute("POST", "/v1/images/edits", openai.image_edits, "openai", "openai"),
     InferenceRoute("POST", "/v1/audio/transcriptions", openai.transcriptions, "openai", "openai"),

@@ -445,6 +445,9 @@ OPERATIONS: dict[tuple[str, str], Operation] = {
     ("DELETE", "/v1/responses/{response_id}"): Operation(
         answer=Deleted, errors=(401, 404, 502, 503, 504)
     ),
+    ("POST", "/v1/responses/{response_id}"): Operation(
+        answer=ResponseObject, errors=(400, 401, 404, 502, 503, 504)
+    ),
     ("POST", "/v1/images/generations"): Operation(
         ImageRequest, ImageList, errors=_INFERENCE_ERRORS
     ),

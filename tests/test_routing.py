@@ -37,7 +37,8 @@ async def test_every_route_of_the_table_is_served(lb: InProcess, route: Route) -
     """GETs answer; POSTs without a body are refused by the endpoint itself, in its route's
     envelope (FastAPI would say "no route" or 405)."""
     if route.path == "/v1/responses/{response_id}":
-        reply = await lb.client.request(route.method, "/v1/responses/resp_unknown")
+        cancel = "/cancel" if route.method == "POST" else ""
+        reply = await lb.client.request(route.method, f"/v1/responses/resp_unknown{cancel}")
         assert reply.status_code == 404, reply.text
         assert envelope_of(reply.json()) == route.api
         assert "does not know which worker holds it" in reply.text

@@ -4,12 +4,13 @@ It speaks both APIs a worker may have: OpenAI-compatible (`/v1/...`, with SSE st
 OperateGPT-style template API (`/api/generate`, answer at `data.items[].attributes.answer`). It
 answers `[<name>] <prompt>`, so a caller can tell who answered what. Beside chat, completions and
 embeddings it answers every other endpoint in its real API's shape: the Responses API (stored
-responses that `previous_response_id` continues, typed SSE events), images (generations, and
-edits as a form upload), audio (transcriptions and translations of a form upload, speech as a
-binary stream), rerank and score (vLLM's), moderations, and a Stable Diffusion WebUI style
-`/sdapi/v1/txt2img` (`{"images": ["<base64>"]}`) for template workers. A raw ASGI app, so that it is
-never the bottleneck of a benchmark. Its behaviour (latency, failures, stalls) can be changed while
-it runs with `POST /_control`; `GET /_stats` counts what it served.
+responses that `previous_response_id` continues, typed SSE events, background responses that
+can be cancelled), images (generations, and edits as a form upload), audio (transcriptions and
+translations of a form upload, speech as a binary stream), rerank and score (vLLM's),
+moderations, and a Stable Diffusion WebUI style `/sdapi/v1/txt2img` (`{"images": ["<base64>"]}`)
+for template workers. A raw ASGI app, so that it is never the bottleneck of a benchmark. Its
+behaviour (latency, failures, stalls) can be changed while it runs with `POST /_control`;
+`GET /_stats` counts what it served.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class FakeWorker:
         self.served: dict[str, int] = {}
         self.responses: dict[str, dict[str, Any]] = {}
         """Stored responses (Responses API), by id."""
+        self._background: dict[str, dict[str, Any]] = {}
+        """Background responses still `queued`, by id: the response each becomes once done."""
         self._made = 0
         self.inflight = 0
         self.peak_inflight = 0
@@ -413,6 +416,15 @@ class FakeWorker:
             "input_tokens_details": {"cached_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": 0},
         }
+        if request.get("background") is True and not request.get("stream"):
+            # Answered at once, `queued`; it is done when first read again (the fake works
+            # when polled, so a test needs no clock), unless it is cancelled before.
+            completed["background"] = True
+            queued = {**completed, "status": "queued", "output": [], "usage": None}
+            self._background[response_id] = completed
+            self.responses[response_id] = {**queued, "input": given}
+            await self._answer(send, queued)
+            return
         if request.get("store", True) is not False:
             self.responses[response_id] = {**completed, "input": given}
         if not request.get("stream"):
@@ -421,15 +433,23 @@ class FakeWorker:
         await self._response_stream(send, response_id, model, text, completed, previous)
 
     async def _stored(self, method: str, rest: str, send: Send) -> None:
-        """A stored response: GET it or its input items, or DELETE it."""
+        """A stored response: GET it or its input items, DELETE it, or cancel it (POST
+        `/cancel`, a background response only)."""
         response_id, _, part = rest.partition("/")
         stored = self.responses.get(response_id)
-        if stored is None or part not in ("", "input_items") or method not in ("GET", "DELETE"):
+        known = {("GET", ""), ("GET", "input_items"), ("DELETE", ""), ("POST", "cancel")}
+        if stored is None or (method, part) not in known:
             message = f"No response found with id '{response_id}'."
             await _reply(
                 send, 404, {"error": {"message": message, "type": "invalid_request_error"}}
             )
             return
+        if method == "POST":
+            await self._cancel(response_id, stored, send)
+            return
+        done = self._background.pop(response_id, None)
+        if done is not None:
+            stored = self.responses[response_id] = {**done, "input": stored["input"]}
         if method == "DELETE":
             del self.responses[response_id]
             await _reply(send, 200, {"id": response_id, "object": "response", "deleted": True})
@@ -440,6 +460,23 @@ class FakeWorker:
             await _reply(send, 200, {"object": "list", "data": [{**item, "content": content}]})
         else:
             await _reply(send, 200, {k: v for k, v in stored.items() if k != "input"})
+
+    async def _cancel(self, response_id: str, stored: dict[str, Any], send: Send) -> None:
+        """As OpenAI's: a background response not yet done is `cancelled` (and cancelling it
+        again answers the same); any other is a 400."""
+        if self._background.pop(response_id, None) is not None:
+            stored["status"] = "cancelled"
+        if stored["status"] == "cancelled":
+            await _reply(send, 200, {k: v for k, v in stored.items() if k != "input"})
+            return
+        kind = "completed" if stored.get("background") else "synchronous"
+        error = {
+            "message": f"Cannot cancel a {kind} response.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        }
+        await _reply(send, 400, {"error": error})
 
     async def _response_stream(
         self,
@@ -651,6 +688,7 @@ def _response_object(
         "model": model,
         "output": output,
         "previous_response_id": previous,
+        "background": False,
         "parallel_tool_calls": True,
         "tool_choice": "auto",
         "tools": [],

@@ -129,13 +129,20 @@ async def responses(request: Request, balancer: Balancer, record: RequestRecord)
     return await _forward(request, balancer, record, RESPONSES)
 
 
+_STORED_RESPONSE_PARTS = {"GET": ("", "input_items"), "DELETE": ("",), "POST": ("cancel",)}
+"""What follows a stored response's id, by method: `GET /v1/responses/{id}` and its
+`/input_items`, `DELETE /v1/responses/{id}`, `POST /v1/responses/{id}/cancel`."""
+
+
 async def stored_response(request: Request, balancer: Balancer, record: RequestRecord) -> Reply:
-    """A stored response (`GET /v1/responses/{id}`, and its `/input_items`), or its deletion
-    (`DELETE`), from the worker that holds it."""
+    """A stored response (`GET /v1/responses/{id}`, and its `/input_items`), its deletion
+    (`DELETE`), or the cancellation of a background one (`POST .../cancel`), at the worker that
+    holds it."""
     require_api_key(request, balancer.settings)
     rest: str = request.path_params["response_id"]
     response, _, part = rest.partition("/")
-    if part not in ("", "input_items") or not _SAFE_PATH.fullmatch(f"/{response}"):
+    parts = _STORED_RESPONSE_PARTS.get(request.method, ())
+    if part not in parts or not _SAFE_PATH.fullmatch(f"/{response}"):
         raise _no_route(request)
     owner_id = balancer.responses.owner(response)
     owner = balancer.registry.get(owner_id) if owner_id else None

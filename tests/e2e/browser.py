@@ -87,6 +87,19 @@ class Console:
         )
         return str(text)
 
+    def engine(self, model: str, worker: str) -> tuple[str, str]:
+        """What the worker's row says of its engine's load: its queue and its KV-cache use
+        (empty if the row is not there)."""
+        row = f'section[data-model="{model}"] tr[data-worker="{worker}"]'
+        texts = self.driver.execute_script(
+            "return [arguments[0] + ' .engine-queue', arguments[0] + ' .engine-kv'].map("
+            "(s) => { const found = document.querySelector(s);"
+            " return found ? found.textContent : ''; });",
+            row,
+        )
+        queue, kv = texts
+        return str(queue), str(kv)
+
     def logged_errors(self) -> list[dict[str, Any]]:
         """Errors the page logged (script errors, refusals) since the last call."""
         assert isinstance(self.driver, webdriver.Chrome)

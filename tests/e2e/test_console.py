@@ -117,6 +117,38 @@ def test_on_a_phone_the_page_needs_no_sideways_scrolling(
     assert console.button(model, worker, "Drain").is_displayed()
 
 
+def test_an_engines_queue_and_kv_cache_use_are_shown_and_a_dash_where_unknown(
+    console: Console, api: httpx.Client, spawn: Callable[..., WorkerProcess]
+) -> None:
+    model = unique_model("engine")
+    # A simulated engine that runs one request at a time; a long answer holds the KV-cache
+    # blocks it will need (about a third of the cache). The probes read its /metrics.
+    engine = spawn("engine", engine=True, slots=1, max_tokens=10_000, decode_step=0.01)
+    plain = spawn("plain")  # no /metrics: nothing is known of its engine
+    engine_id = register_openai(api, model, engine.url)
+    plain_id = register_openai(api, model, plain.url)
+    console.wait(lambda: console.engine(model, engine_id) == ("queue 0", "KV 0 %"))
+    assert console.engine(model, plain_id) == ("queue –", "KV –")
+
+    # Another client of the engine fills its only slot and waits in its queue.
+    body = {"model": "fake-model", "prompt": "a long story", "stream": True}
+    with (
+        httpx.Client(base_url=engine.url, timeout=30) as other,
+        other.stream("POST", "/v1/completions", json=body),
+        other.stream("POST", "/v1/completions", json=body),
+    ):
+        console.wait(lambda: console.engine(model, engine_id)[0] == "queue 2")
+        kv = console.wait(lambda: _percent(console.engine(model, engine_id)[1]))
+        assert 0 < kv <= 100
+    assert console.engine(model, plain_id) == ("queue –", "KV –")
+
+
+def _percent(kv: str) -> int | None:
+    """The percentage in "KV 12 %", if above 0."""
+    value = kv.removeprefix("KV ").removesuffix(" %")
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
 def test_a_worker_killed_under_load_turns_ejected_then_healthy_after_a_restart(
     console: Console,
     api: httpx.Client,

@@ -66,6 +66,8 @@ async def test_each_model_shows_its_strategy_and_its_workers(lb: InProcess) -> N
         "health",
         "inflight",
         "latency_ms",
+        "queue_depth",
+        "kv_cache_usage",
         "p50_ms",
         "p99_ms",
         "ttft_ms",
@@ -98,6 +100,23 @@ async def test_traffic_shows_as_rates_latencies_and_tokens(lb: InProcess) -> Non
     assert worker["ttft_ms"] is not None
     assert worker["tokens_per_second"] is not None
     assert (worker["error_ratio"], model["error_ratio"]) == (0, 0)
+
+
+VLLM_METRICS = (
+    'vllm:num_requests_waiting{engine="0",model_name="m"} 10.0\n'
+    'vllm:num_requests_running{engine="0",model_name="m"} 2.0\n'
+    'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.73\n'
+)
+
+
+async def test_the_engines_queue_and_kv_cache_use_are_shown_where_known() -> None:
+    async with in_process(probe_interval=0.01) as lb:
+        engine = await lb.register_openai("m", lb.worker("vllm", metrics=VLLM_METRICS))
+        plain = await lb.register_openai("m", lb.worker("plain"))  # no /metrics: unknown
+        await eventually(lambda: next(iter(lb.parts.registry)).engine is not None)
+        [model] = (await live(lb))["models"]
+        shown = {w["id"]: (w["queue_depth"], w["kv_cache_usage"]) for w in model["workers"]}
+        assert shown == {engine: (12, 0.73), plain: (None, None)}
 
 
 async def test_secrets_are_redacted_exactly_as_in_the_listing(lb: InProcess) -> None:

@@ -190,6 +190,38 @@ async def test_a_stored_response_is_read_and_deleted_at_the_worker_that_holds_it
         await sdk.responses.retrieve(made.id)
 
 
+async def test_a_background_response_is_cancelled_at_the_worker_that_holds_it(
+    lb: InProcess, sdk: openai.AsyncOpenAI
+) -> None:
+    for name in ("w1", "w2", "w3"):
+        await lb.register_openai("m", lb.worker(name), strategy="round_robin")
+    queued = await sdk.responses.create(model="m", input="take your time", background=True)
+    assert queued.status == "queued"
+    for _ in range(3):  # round robin would have moved on; cancelling again answers the same
+        cancelled = await sdk.responses.cancel(queued.id)
+        assert (cancelled.id, cancelled.status, cancelled.model) == (queued.id, "cancelled", "m")
+    assert (await sdk.responses.retrieve(queued.id)).status == "cancelled"
+
+    # One left to run is done when polled, and then past cancelling.
+    other = await sdk.responses.create(model="m", input="go on", background=True)
+    done = await sdk.responses.retrieve(other.id)
+    assert done.status == "completed" and done.output_text.endswith("] go on")
+    with pytest.raises(openai.BadRequestError, match="Cannot cancel a completed response"):
+        await sdk.responses.cancel(other.id)
+    # Only a background response can be cancelled: the worker's own 400, relayed.
+    made = await sdk.responses.create(model="m", input="now")
+    with pytest.raises(openai.BadRequestError, match="Cannot cancel a synchronous response"):
+        await sdk.responses.cancel(made.id)
+    for worker in lb.parts.registry.workers_of("m") or []:
+        assert worker.health.consecutive_failures == 0  # the caller's mistake, not theirs
+
+    with pytest.raises(openai.NotFoundError, match="does not know which worker"):
+        await sdk.responses.cancel("resp_elsewhere")
+    reply = await lb.client.post(f"/v1/responses/{made.id}/undo")
+    assert reply.status_code == 404
+    assert reply.json()["error"]["message"].startswith(f"no route /v1/responses/{made.id}/undo")
+
+
 # Images, audio, rerank, score
 
 
