@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ ENGINES = 4
 ENGINE: dict[str, Any] = {
     "engine": True,
     "slots": 8,
-    "cache_blocks": 768,
+    "cache_blocks": 1024,
     "block_size": 16,
     "prefill_tokens_per_s": 20_000,
     "decode_step": 0.010,
@@ -58,7 +58,7 @@ ENGINE: dict[str, Any] = {
 tenants' system prompts together, so an engine that sees every tenant keeps evicting them);
 prefill at 20,000 tokens/s (a 1,000-token system prompt costs 50 ms to compute, against some
 13 ms a decode step); docs/engine.md's defaults otherwise."""
-ANSWER_TOKENS = 32
+ANSWER_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Workload:
     """Conversations (A) or questions (B) started per second."""
     tenants: int = 0
     """0: no shared prefixes at all."""
-    system_words: int = 1000
-    zipf: float = 1.0
+    system_words: int = 2000
+    zipf: float = 0.5
     turns: int = 5
     question_words: int = 30
     think: float = 1.0
@@ -93,8 +93,8 @@ class Workload:
         )
 
 
-SHARED = Workload("A", "shared prefixes", rate=8.0, tenants=24)
-UNSHARED = Workload("B", "no shared prefixes", rate=24.0)
+SHARED = Workload("A", "shared prefixes", rate=20.0, tenants=24)
+UNSHARED = Workload("B", "no shared prefixes", rate=32.0)
 WORKLOADS = (SHARED, UNSHARED)
 
 
@@ -145,6 +145,7 @@ class Row:
 @dataclass
 class Results:
     plan: Plan
+    workloads: tuple[Workload, ...]
     rows: list[Row]
     versions: dict[str, str]
 
@@ -424,7 +425,7 @@ def run(
         lb.stop()
         fleet.stop()
         os.sched_setaffinity(0, affinity)
-    return Results(plan, rows, versions)
+    return Results(plan, workloads, rows, versions)
 
 
 # The report.
@@ -493,7 +494,7 @@ def section(results: Results) -> str:
     ]
     columns = ["policy", "requests", "TTFT p50 ms", "TTFT p99 ms", "output tokens/s"]
     columns += ["prefix-cache hits", "requests per worker", "errors", "cut off"]
-    for workload in WORKLOADS:
+    for workload in results.workloads:
         rows = [r for r in results.rows if r.workload == workload.key]
         if not rows:
             continue
@@ -526,14 +527,21 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, for a smoke test")
     parser.add_argument("--policy", action="append", help="only these (by name); repeatable")
     parser.add_argument("--workload", action="append", choices=["A", "B"])
+    parser.add_argument("--seconds", type=float, help="of arrivals per run, for calibrating")
+    parser.add_argument("--rate", type=float, help="arrivals per second, for calibrating")
     args = parser.parse_args()
     policies = tuple(p for p in POLICIES if not args.policy or p.name in args.policy)
-    workloads = tuple(w for w in WORKLOADS if not args.workload or w.key in args.workload)
+    workloads = tuple(
+        replace(w, rate=args.rate or w.rate)
+        for w in WORKLOADS
+        if not args.workload or w.key in args.workload
+    )
+    plan = QUICK if args.quick else FULL
+    if args.seconds:
+        plan = replace(plan, seconds=args.seconds)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llm-balancer-routing-") as name:
-        results = run(
-            Path(name), QUICK if args.quick else FULL, policies=policies, workloads=workloads
-        )
+        results = run(Path(name), plan, policies=policies, workloads=workloads)
     print(section(results))
     print(f"routing: {time.monotonic() - started:.0f} s", file=sys.stderr)
     return 0
