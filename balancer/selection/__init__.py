@@ -69,7 +69,7 @@ class Selector:
         self.clock = clock
         self._rng = rng or random.Random()
         self._policies: dict[str, tuple[Strategy, Policy]] = {}
-        self._make = {
+        self._make: dict[Strategy, Callable[[random.Random], Policy]] = {
             **POLICIES,
             "cache_aware": lambda rng: CacheAware(
                 rng,
