@@ -42,7 +42,6 @@ from bench import peers
 from bench.client import Connection, Target, percentile
 from bench.client import run as run_loop
 from bench.harness import LOAD_CORE, balancer, register
-from bench.report import fmt, table
 
 ENGINES = 4
 ENGINE: dict[str, Any] = {
@@ -330,14 +329,14 @@ class Fleet:
 
     def counters(self) -> dict[str, float]:
         """The engines' counters and gauges, summed over the fleet."""
-        total: Counter[str] = Counter()
+        total: dict[str, float] = {}
         for worker in self.workers:
             text = httpx.get(worker.url + "/metrics", timeout=5).text
             for line in text.splitlines():
                 if line.startswith("vllm:"):
                     name, value = line.split("{", 1)[0], line.rsplit(" ", 1)[1]
-                    total[name] += float(value)
-        return dict(total)
+                    total[name] = total.get(name, 0.0) + float(value)
+        return total
 
     def reset(self, timeout: float = 20.0) -> None:
         """Wait until no engine holds a request (clients cut off at the end of the last run
@@ -428,7 +427,18 @@ def run(
     return Results(plan, workloads, rows, versions)
 
 
-# The report.
+# The report (bench/report.py's helpers would bring the proxy benchmark's modules along).
+
+
+def fmt(value: float | None) -> str:
+    if value is None or math.isnan(value):
+        return "-"
+    return "∞" if math.isinf(value) else f"{value:,.0f}"
+
+
+def table(columns: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
 
 
 def _row(workload: str, policy: str, rows: list[Row]) -> Row | None:
