@@ -64,7 +64,12 @@ class LeastLatency:
     def pick(self, candidates: Sequence[Worker], now: float) -> Worker:
         n = len(candidates)
         if 2 < n <= self._scan_up_to:
-            costs = self._costs(candidates, candidates, now)
+            latencies = [self.estimate(w.id, now) for w in candidates]
+            neutral = self._neutral(candidates, now) if None in latencies else 0.0
+            costs = [
+                _cost(w, neutral if e is None else e)
+                for w, e in zip(candidates, latencies, strict=True)
+            ]
             # From a random start, so that the first of equally cheap workers is any of them.
             start = self._rng.randrange(n)
             best = min(range(start, start + n), key=lambda i: costs[i % n])
@@ -72,21 +77,14 @@ class LeastLatency:
         drawn = two_choices(candidates, self._rng)
         if isinstance(drawn, Worker):
             return drawn
-        cost_a, cost_b = self._costs(drawn, candidates, now)
-        return drawn[0] if cost_a <= cost_b else drawn[1]
-
-    def _costs(
-        self, workers: Sequence[Worker], siblings: Sequence[Worker], now: float
-    ) -> list[float]:
-        latencies = [self.estimate(w.id, now) for w in workers]
-        # The siblings' average only when needed: it costs a look-up per sibling.
-        neutral = self._neutral(siblings, now) if None in latencies else 0.0
-        return [
-            (neutral if latency is None else latency)
-            * (w.inflight + w.engine_queue + 1)
-            / w.spec.weight
-            for w, latency in zip(workers, latencies, strict=True)
-        ]
+        a, b = drawn
+        latency_a, latency_b = self.estimate(a.id, now), self.estimate(b.id, now)
+        if latency_a is None or latency_b is None:
+            # The siblings' average only when needed: it costs a look-up per sibling.
+            neutral = self._neutral(candidates, now)
+            latency_a = neutral if latency_a is None else latency_a
+            latency_b = neutral if latency_b is None else latency_b
+        return a if _cost(a, latency_a) <= _cost(b, latency_b) else b
 
     def _neutral(self, siblings: Sequence[Worker], now: float) -> float:
         known = [e for w in siblings if (e := self.estimate(w.id, now)) is not None]
@@ -109,3 +107,7 @@ class LeastLatency:
 
     def forget(self, worker_id: str) -> None:
         self._estimates.pop(worker_id, None)
+
+
+def _cost(worker: Worker, latency: float) -> float:
+    return latency * (worker.inflight + worker.engine_queue + 1) / worker.spec.weight
