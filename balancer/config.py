@@ -33,6 +33,9 @@ DEFAULT_BASE_EJECTION_TIME = 30.0
 DEFAULT_MAX_EJECTION_TIME = 300.0
 DEFAULT_MAX_EJECTION_PERCENT = 50.0
 DEFAULT_STRATEGY: Strategy = "least_latency"
+DEFAULT_CACHE_THRESHOLD = 0.5
+DEFAULT_BALANCE_ABS_THRESHOLD = 16.0
+DEFAULT_BALANCE_REL_THRESHOLD = 1.5
 DEFAULT_MAX_RETRIES = 2
 DEFAULT_RETRY_BUDGET_RATIO = 0.2
 DEFAULT_RETRY_BUDGET_MIN_PER_SECOND = 3.0
@@ -141,6 +144,25 @@ class Settings(BaseSettings):
         DEFAULT_STRATEGY,
         description=f"Default worker selection: {', '.join(STRATEGIES)} (a registration's "
         "`strategy` sets it per model).",
+    )
+    cache_threshold: float = Field(
+        DEFAULT_CACHE_THRESHOLD,
+        ge=0,
+        le=1,
+        description="cache_aware: the share of a prompt a worker must have been sent before for "
+        "its prefix to count (docs/balancing.md).",
+    )
+    balance_abs_threshold: float = Field(
+        DEFAULT_BALANCE_ABS_THRESHOLD,
+        ge=0,
+        description="cache_aware and sessions: a prompt's (a session's) worker gives way to the "
+        "least loaded one when its load (in flight + engine queue) is more than this above it "
+        "and more than balance_rel_threshold times it.",
+    )
+    balance_rel_threshold: float = Field(
+        DEFAULT_BALANCE_REL_THRESHOLD,
+        ge=1,
+        description="See balance_abs_threshold.",
     )
     stream_usage: bool = Field(
         True,

@@ -64,7 +64,12 @@ def build(
     registry = WorkerRegistry(
         store, changed=events.registry_changed, health_policy=HealthPolicy.from_settings(settings)
     )
-    selector = Selector(settings.strategy)
+    selector = Selector(
+        settings.strategy,
+        cache_threshold=settings.cache_threshold,
+        balance_abs=settings.balance_abs_threshold,
+        balance_rel=settings.balance_rel_threshold,
+    )
     forwarder = Forwarder(
         registry,
         selector,

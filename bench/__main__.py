@@ -11,7 +11,7 @@ import time
 from importlib.metadata import version
 from pathlib import Path
 
-from bench import overhead, replication, report, scale, selection
+from bench import overhead, replication, report, routing, scale, selection
 
 RESULTS = Path(__file__).parent / "results" / "latest.md"
 
@@ -76,6 +76,8 @@ def main() -> int:
         soaked = scale.soak(tmp, seconds=soak_seconds, warmup=min(60.0, soak_seconds / 3))
         print("replication ...", file=sys.stderr, flush=True)
         replicated = replication.run(tmp, changes=20 if args.quick else 100)
+        print("routing on simulated engines ...", file=sys.stderr, flush=True)
+        routed = routing.run(tmp, routing.QUICK if args.quick else routing.FULL)
 
     out.append("# Benchmark results\n\n")
     out.append(
@@ -141,6 +143,7 @@ def main() -> int:
     for t, rss in soaked.samples[:: max(1, len(soaked.samples) // 12)]:
         out.append(f"| {t:.0f} | {rss / 2**20:.1f} |\n")
     out.append(replication.section(replicated))
+    out.append(routing.section(routed))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text("".join(out))
     print(f"wrote {RESULTS}", file=sys.stderr)

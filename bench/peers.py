@@ -240,12 +240,12 @@ def envoy(tmp: Path, worker_urls: list[str]) -> Launch:
     )
 
 
-def vllm_router(tmp: Path, worker_urls: list[str]) -> Launch:
+def vllm_router(tmp: Path, worker_urls: list[str], policy: str = "power_of_two") -> Launch:
     binary = _binary("vllm-router", ROOT / ".venv-vllm-router" / "bin" / "vllm-router")
     port = free_port()
     url = f"http://{HOST}:{port}"
     args = [binary, "--host", HOST, "--port", str(port), "--worker-urls", *worker_urls]
-    args += ["--policy", "power_of_two", "--log-level", "warning"]
+    args += ["--policy", policy, "--log-level", "warning"]
     args += ["--prometheus-host", HOST, "--prometheus-port", str(free_port())]
     return Launch(
         "vllm-router",

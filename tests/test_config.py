@@ -46,6 +46,8 @@ def test_secrets_do_not_show_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
         ({"probe_interval": 0}, "probe_interval (BALANCER_PROBE_INTERVAL)"),
         ({"probe_interval": "soon"}, "probe_interval"),
         ({"log_format": "xml"}, "log_format"),
+        ({"cache_threshold": 1.5}, "cache_threshold"),
+        ({"balance_rel_threshold": 0.5}, "balance_rel_threshold"),
         ({"no_such_setting": 1}, "unknown setting 'no_such_setting'"),
     ],
 )

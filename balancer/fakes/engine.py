@@ -132,6 +132,15 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached block, as vLLM's `POST /reset_prefix_cache` does, so a benchmark
+        starts each run cold without a restart; False, and nothing forgotten, while requests
+        hold blocks. The counters go on, as vLLM's do."""
+        if self.used_blocks:
+            return False
+        self._cached.clear()
+        return True
+
     # Requests.
 
     def submit(self, prompt: Sequence[str], max_tokens: int | None = None) -> Request:

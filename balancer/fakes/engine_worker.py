@@ -59,6 +59,13 @@ class EngineWorker(FakeWorker):
                 await send({"type": "http.response.start", "status": 200, "headers": _PROMETHEUS})
                 await send({"type": "http.response.body", "body": generate_latest(self.registry)})
                 return
+            if route == ("POST", "/reset_prefix_cache"):
+                if self.engine.reset_prefix_cache():
+                    await _reply(send, 200, {"reset": True})
+                else:
+                    message = "requests are running: their blocks cannot be forgotten"
+                    await _reply(send, 409, {"error": {"message": message}})
+                return
             if route in (("POST", "/v1/chat/completions"), ("POST", "/v1/completions")):
                 await self._engine_answer(scope, receive, send)
                 return

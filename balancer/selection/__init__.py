@@ -9,7 +9,12 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from balancer.config import DEFAULT_STRATEGY
+from balancer.config import (
+    DEFAULT_BALANCE_ABS_THRESHOLD,
+    DEFAULT_BALANCE_REL_THRESHOLD,
+    DEFAULT_CACHE_THRESHOLD,
+    DEFAULT_STRATEGY,
+)
 from balancer.events import AttemptFailed, AttemptSucceeded, RegistryChanged
 from balancer.registry.models import Worker
 from balancer.selection.base import Policy
@@ -54,6 +59,9 @@ class Selector:
         clock: Clock = time.monotonic,
         rng: random.Random | None = None,
         sessions: Sessions | None = None,
+        cache_threshold: float = DEFAULT_CACHE_THRESHOLD,
+        balance_abs: float = DEFAULT_BALANCE_ABS_THRESHOLD,
+        balance_rel: float = DEFAULT_BALANCE_REL_THRESHOLD,
     ) -> None:
         if default_strategy not in POLICIES:
             raise ValueError(f"unknown strategy {default_strategy!r}")
@@ -61,14 +69,27 @@ class Selector:
         self.clock = clock
         self._rng = rng or random.Random()
         self._policies: dict[str, tuple[Strategy, Policy]] = {}
-        self.sessions = sessions if sessions is not None else Sessions()
+        self._make: dict[Strategy, Callable[[random.Random], Policy]] = {
+            **POLICIES,
+            "cache_aware": lambda rng: CacheAware(
+                rng,
+                cache_threshold=cache_threshold,
+                balance_abs=balance_abs,
+                balance_rel=balance_rel,
+            ),
+        }
+        self.sessions = (
+            sessions
+            if sessions is not None
+            else Sessions(balance_abs=balance_abs, balance_rel=balance_rel)
+        )
 
     def policy(self, model: str, strategy: Strategy | None = None) -> Policy:
         """The model's policy, created (or replaced, when the strategy changed) on demand."""
         wanted = strategy or self.default_strategy
         current = self._policies.get(model)
         if current is None or current[0] != wanted:
-            current = self._policies[model] = (wanted, POLICIES[wanted](self._rng))
+            current = self._policies[model] = (wanted, self._make[wanted](self._rng))
         return current[1]
 
     def choose(

@@ -8,13 +8,16 @@ were sent that prefix. The tree holds at most `max_nodes` nodes per model; the l
 go first, and a prompt touches its nodes deepest first so that a prefix is evicted after the
 longer prompts that extend it, as an engine's LRU cache does.
 
-A pick, like SGLang's router's:
-1. If the load (requests in flight + the engine's queue) is out of balance, `max - min >
-   balance_abs` and `max > balance_rel × min`, the least loaded worker.
-2. Else, if some workers were sent at least `cache_threshold` of the prompt, the least loaded of
-   those that were sent the longest part of it.
-3. Else the least loaded worker, the one holding the fewest nodes on a tie (the most room).
-The chosen worker is then recorded for the prompt's prefixes.
+A pick, after SGLang's router's:
+1. If some workers were sent at least `cache_threshold` of the prompt, the least loaded of those
+   that were sent the longest part of it (the prompt's home), unless its load (requests in
+   flight + the engine's queue) is out of balance with the least loaded worker's, `home - min >
+   balance_abs` and `home > balance_rel × min`.
+2. Else the least loaded worker, the one holding the fewest nodes on a tie (the most room).
+The chosen worker is then recorded for the prompt's prefixes. SGLang checks the balance of the
+whole fleet (max - min) instead, so one overloaded worker sends every prompt, wherever its home,
+to the least loaded worker, which holds none of their prefixes; checking the home alone keeps
+the other prompts' caches.
 """
 
 from __future__ import annotations
@@ -23,6 +26,11 @@ import random as _random
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from balancer.config import (
+    DEFAULT_BALANCE_ABS_THRESHOLD,
+    DEFAULT_BALANCE_REL_THRESHOLD,
+    DEFAULT_CACHE_THRESHOLD,
+)
 from balancer.registry.models import Worker
 from balancer.selection.least_requests import LeastRequests
 
@@ -33,9 +41,6 @@ one node of its match (the last, partly filled one)."""
 DEFAULT_MAX_NODES = 1 << 15
 """Nodes per model: 8 MiB of prompt text's worth, about 11 MB of memory (some 340 bytes a
 node)."""
-DEFAULT_CACHE_THRESHOLD = 0.5
-DEFAULT_BALANCE_ABS = 16
-DEFAULT_BALANCE_REL = 1.5
 
 
 def load_of(worker: Worker) -> float:
@@ -50,8 +55,8 @@ class CacheAware:
         chunk: int = DEFAULT_CHUNK,
         max_nodes: int = DEFAULT_MAX_NODES,
         cache_threshold: float = DEFAULT_CACHE_THRESHOLD,
-        balance_abs: float = DEFAULT_BALANCE_ABS,
-        balance_rel: float = DEFAULT_BALANCE_REL,
+        balance_abs: float = DEFAULT_BALANCE_ABS_THRESHOLD,
+        balance_rel: float = DEFAULT_BALANCE_REL_THRESHOLD,
     ) -> None:
         self._fallback = LeastRequests(rng)
         self.chunk = chunk
@@ -76,17 +81,25 @@ class CacheAware:
             return chosen
         names = self.prefix_names(key)
         loads = [load_of(w) for w in candidates]
-        low, high = min(loads), max(loads)
-        if high - low > self.balance_abs and high > self.balance_rel * low:
-            chosen = candidates[loads.index(low)]
-        else:
-            chosen = self._best_match(names, len(key), candidates, loads)
+        lightest = min(
+            range(len(candidates)),
+            key=lambda i: (loads[i], self._held.get(candidates[i].id, 0)),
+        )
+        home = self._home(names, len(key), candidates, loads)
+        if home is None or self.overloaded(loads[home], loads[lightest]):
+            home = lightest
+        chosen = candidates[home]
         self._record_names(names, chosen)
         return chosen
 
-    def _best_match(
+    def overloaded(self, load: float, lightest: float) -> bool:
+        return load - lightest > self.balance_abs and load > self.balance_rel * lightest
+
+    def _home(
         self, names: list[int], length: int, candidates: Sequence[Worker], loads: list[float]
-    ) -> Worker:
+    ) -> int | None:
+        """The least loaded of the candidates sent the longest part of the prompt, if that is
+        at least `cache_threshold` of it."""
         ids = {w.id: i for i, w in enumerate(candidates)}
         nodes = self._nodes
         matched = 0
@@ -99,12 +112,8 @@ class CacheAware:
             deepest = sent
         holders = [ids[wid] for wid in deepest if wid in ids] if deepest else []
         if holders and min(matched * self.chunk, length) >= self.cache_threshold * length:
-            return candidates[min(holders, key=lambda i: loads[i])]
-        best = min(
-            range(len(candidates)),
-            key=lambda i: (loads[i], self._held.get(candidates[i].id, 0)),
-        )
-        return candidates[best]
+            return min(holders, key=lambda i: loads[i])
+        return None
 
     def prefix_names(self, key: str) -> list[int]:
         """The names of the key's pieces, each chained to the one before (the last may be

@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 
+from balancer.config import DEFAULT_BALANCE_ABS_THRESHOLD, DEFAULT_BALANCE_REL_THRESHOLD
 from balancer.registry.models import Worker
-from balancer.selection.cache_aware import DEFAULT_BALANCE_ABS, DEFAULT_BALANCE_REL, load_of
+from balancer.selection.cache_aware import load_of
 
 DEFAULT_SESSION_TTL = 600.0
 DEFAULT_MAX_SESSIONS = 100_000
@@ -34,8 +35,8 @@ class Sessions:
         *,
         ttl: float = DEFAULT_SESSION_TTL,
         max_sessions: int = DEFAULT_MAX_SESSIONS,
-        balance_abs: float = DEFAULT_BALANCE_ABS,
-        balance_rel: float = DEFAULT_BALANCE_REL,
+        balance_abs: float = DEFAULT_BALANCE_ABS_THRESHOLD,
+        balance_rel: float = DEFAULT_BALANCE_REL_THRESHOLD,
     ) -> None:
         self.ttl = ttl
         self.max_sessions = max_sessions

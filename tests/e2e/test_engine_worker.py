@@ -81,6 +81,15 @@ def test_requests_beyond_the_slots_wait_and_metrics_say_so(
         assert found["vllm:kv_cache_usage_perc"] == 0
 
 
+def test_reset_prefix_cache_starts_the_cache_cold(spawn: Callable[..., WorkerProcess]) -> None:
+    worker = spawn("e4", engine=True, max_tokens=2, decode_step=0.001)
+    with httpx.Client(base_url=worker.url, timeout=10) as client:
+        client.post("/v1/chat/completions", json=chat("hello")).raise_for_status()
+        assert client.post("/reset_prefix_cache").json() == {"reset": True}
+        again = client.post("/v1/chat/completions", json=chat("hello")).json()
+    assert again["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+
+
 def test_bad_requests_get_a_clear_400(spawn: Callable[..., WorkerProcess]) -> None:
     worker = spawn("e3", engine=True, cache_blocks=4)
     with httpx.Client(base_url=worker.url, timeout=10) as client:

@@ -126,6 +126,23 @@ def test_free_cached_blocks_are_evicted_least_recently_used_first() -> None:
     assert engine.cached_blocks <= 6
 
 
+def test_resetting_the_prefix_cache_forgets_it_but_not_while_requests_hold_blocks() -> None:
+    engine = Engine(config(max_tokens=2))
+    prompt = words(8)
+    run_until_done(engine, engine.submit(prompt))
+    running = engine.submit(words(8, "other"))
+    engine.step()
+    assert not engine.reset_prefix_cache()  # a request holds blocks: nothing is forgotten
+    run_until_done(engine, running)
+    hits = engine.prefix_cache_hits
+    assert engine.reset_prefix_cache()
+    assert engine.cached_blocks == 0
+    again = engine.submit(prompt)
+    run_until_done(engine, again)
+    assert again.cached_tokens == 0
+    assert engine.prefix_cache_hits == hits  # the counters go on, as vLLM's do
+
+
 def test_kv_cache_usage_counts_blocks_held_by_running_requests() -> None:
     engine = Engine(config(cache_blocks=10, max_tokens=4, slots=2))
     assert engine.kv_cache_usage == 0.0

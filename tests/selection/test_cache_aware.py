@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from balancer.registry import Worker, parse_spec
+from balancer.selection import Selector
 from balancer.selection.cache_aware import CacheAware
 from balancer.selection.prompt_key import prompt_key
 from probes.engine_metrics import EngineLoad
@@ -60,6 +61,15 @@ def test_an_overloaded_home_gives_way_to_the_least_loaded_worker() -> None:
     assert policy.pick_for(SYSTEM + "q5", fleet_, 0.0) in (home, third, fourth)
 
 
+def test_an_overloaded_worker_elsewhere_moves_no_prompt_from_its_home() -> None:
+    policy, workers = CacheAware(random.Random(7), balance_abs=4, balance_rel=1.5), fleet()
+    home = policy.pick_for(SYSTEM + "q1", workers, 0.0)
+    elsewhere = next(w for w in workers if w is not home)
+    elsewhere.inflight = 30  # the fleet is out of balance, but not because of home
+    home.inflight = 2
+    assert policy.pick_for(SYSTEM + "q2", workers, 0.0) is home
+
+
 def test_a_short_shared_prefix_is_not_enough_to_stick() -> None:
     policy, workers = CacheAware(random.Random(4), chunk=16, cache_threshold=0.5), fleet()
     first = policy.pick_for("common start " + "a" * 200, workers, 0.0)
@@ -112,3 +122,11 @@ def test_the_prompt_key_is_the_conversation_in_order_or_the_completions_prompt()
     assert prompt_key({"input": "hello"}) == "hello"
     assert prompt_key({"prompt": [1, 2]}) is None
     assert prompt_key({"messages": ["not a message"]}) is None
+
+
+def test_the_thresholds_are_settings_shared_with_sessions() -> None:
+    selector = Selector("cache_aware", cache_threshold=0.9, balance_abs=2, balance_rel=1.2)
+    policy = selector.policy("m")
+    assert isinstance(policy, CacheAware)
+    assert (policy.cache_threshold, policy.balance_abs, policy.balance_rel) == (0.9, 2, 1.2)
+    assert (selector.sessions.balance_abs, selector.sessions.balance_rel) == (2, 1.2)

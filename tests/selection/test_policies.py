@@ -76,6 +76,36 @@ def test_in_flight_requests_raise_the_cost() -> None:
     assert all(policy.pick([busy, idle], 0.0) is idle for _ in range(20))
 
 
+def test_least_latency_scans_every_worker_of_a_small_pool() -> None:
+    """Two random workers of five miss the one idle worker 60% of the time; a scan never does."""
+    pool = [worker(port) for port in range(1, 6)]
+    for w in pool:
+        w.inflight = 4
+    idle = pool[3]
+    idle.inflight = 0
+    scanning, drawing = LeastLatency(random.Random(1)), LeastLatency(random.Random(1), scan_up_to=0)
+    for policy in (scanning, drawing):
+        for w in pool:
+            policy.observe(w, 0.05, 0.0)
+    assert all(scanning.pick(pool, 0.0) is idle for _ in range(100))
+    assert sum(drawing.pick(pool, 0.0) is idle for _ in range(100)) < 60
+
+
+def test_least_latency_scanning_spreads_equally_cheap_workers() -> None:
+    pool = [worker(port) for port in range(1, 6)]
+    policy = LeastLatency(random.Random(1))
+    picked = {policy.pick(pool, 0.0).id for _ in range(100)}
+    assert picked == {w.id for w in pool}
+
+
+def test_least_latency_draws_two_in_a_large_pool() -> None:
+    pool = [worker(port) for port in range(1, 21)]
+    for w in pool[1:]:
+        w.inflight = 4
+    policy = LeastLatency(random.Random(1))
+    assert sum(policy.pick(pool, 0.0) is pool[0] for _ in range(200)) < 40  # about 10%
+
+
 def test_forgetting_a_worker_drops_its_estimate() -> None:
     policy = LeastLatency()
     w = worker(1)
