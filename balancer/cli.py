@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _fake_worker(args: argparse.Namespace) -> int:
-    from balancer.fakes.worker import Behaviour, run
+    from balancer.fakes.worker import Behaviour, FakeWorker, serve
 
     behaviour = Behaviour(
         name=args.name,
@@ -149,7 +149,7 @@ def _fake_worker(args: argparse.Namespace) -> int:
         chunk_delay=args.chunk_delay,
     )
     if not args.engine:
-        run(args.host, args.port, behaviour)
+        serve(FakeWorker(behaviour), args.host, args.port)
         return 0
     from balancer.fakes import engine_worker
     from balancer.fakes.engine import EngineConfig
@@ -167,7 +167,7 @@ def _fake_worker(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"balancer fake-worker: {exc}", file=sys.stderr)
         return 1
-    engine_worker.run(args.host, args.port, behaviour, config)
+    serve(engine_worker.EngineWorker(behaviour, config), args.host, args.port)
     return 0
 
 

@@ -281,20 +281,3 @@ def _usage(request: Request) -> dict[str, Any]:
 
 async def _invalid(send: Send, message: str) -> None:
     await _reply(send, 400, {"error": {"message": message, "type": "invalid_request_error"}})
-
-
-def run(host: str, port: int, behaviour: Behaviour, config: EngineConfig) -> None:
-    """Serve one simulated engine until interrupted."""
-    import uvicorn
-
-    uvicorn.run(
-        EngineWorker(behaviour, config),
-        host=host,
-        port=port,
-        loop="uvloop",
-        http="httptools",
-        access_log=False,
-        log_level="warning",
-        lifespan="off",
-        timeout_graceful_shutdown=1,
-    )

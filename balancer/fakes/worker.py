@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 from python_multipart.multipart import parse_form
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from balancer.forwarding import sse
 
@@ -831,12 +831,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def run(host: str, port: int, behaviour: Behaviour) -> None:
-    """Serve one fake worker until interrupted (uvloop + httptools, no access log)."""
+def serve(app: ASGIApp, host: str, port: int) -> None:
+    """Serve one fake worker (a `FakeWorker` or an `EngineWorker`) until interrupted (uvloop +
+    httptools, no access log)."""
     import uvicorn
 
     uvicorn.run(
-        FakeWorker(behaviour),
+        app,
         host=host,
         port=port,
         loop="uvloop",
