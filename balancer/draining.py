@@ -49,10 +49,6 @@ class Drainer:
             task.cancel()
             log.info("worker_drain_cancelled", model=worker.model, worker=worker.id)
 
-    @property
-    def draining(self) -> int:
-        return len(self._tasks)
-
     async def _remove_when_idle(self, worker: Worker) -> None:
         while not worker.removed:
             # Requests already on their way to it hold a slot (`Lease`) until their last byte.

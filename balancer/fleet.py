@@ -65,16 +65,15 @@ class Fleet:
                 self.changed.send(ReplicasChanged(replicas))
 
     async def run(self) -> None:
-        """Beat until `leave` (or cancelled). While the store is out the last count stands."""
+        """Beat every `interval` after the start-up's own beat, until `leave` (or cancelled).
+        While the store is out the last count stands."""
         while not self._stopping:
+            await asyncio.sleep(self.interval)
             try:
                 await self.beat()
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 # The store follower says when the store is down, once; this is the rest.
                 log.debug("heartbeat_failed", error=repr(exc), replica=self.id)
-            await asyncio.sleep(self.interval)
 
     async def leave(self) -> None:
         """Stop beating and take this replica out of the count at once."""

@@ -62,9 +62,6 @@ class Series:
         buckets.append(bucket)
         return bucket
 
-    def since(self, second: int) -> list[Bucket]:
-        return [b for b in self.buckets if b.second >= second]
-
 
 @dataclass(frozen=True, slots=True)
 class Summary:

@@ -31,12 +31,10 @@ RETRY_MAX = 2.0
 
 @dataclass(frozen=True, slots=True)
 class StoreAvailability:
-    """The store became reachable again (`up`) or stopped being (`error` says why)."""
+    """The store became reachable again (`up`) or stopped being (the follower's `error` says
+    why)."""
 
     up: bool
-    error: str | None = None
-    down_seconds: float | None = None
-    """How long it was out, when it is back."""
 
 
 class StoreFollower:
@@ -91,8 +89,6 @@ class StoreFollower:
                             last_full_read = self.clock()
                         if await self.registry.refresh(full=full):
                             log.info("registry_refreshed", workers=len(self.registry))
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
                 self._lost(exc)
             await asyncio.sleep(wait)
@@ -106,7 +102,7 @@ class StoreFollower:
         self.up, self.error, self._down_since = True, None, None
         log.info("store_available", down_seconds=round(down, 3), workers=len(self.registry))
         if self.availability:
-            self.availability.send(StoreAvailability(True, down_seconds=down))
+            self.availability.send(StoreAvailability(True))
 
     def _lost(self, exc: Exception) -> None:
         error = f"{type(exc).__name__}: {exc}"
@@ -120,4 +116,4 @@ class StoreFollower:
             hint="serving the registry as last read; admin writes answer 503 until it is back",
         )
         if self.availability:
-            self.availability.send(StoreAvailability(False, error))
+            self.availability.send(StoreAvailability(False))

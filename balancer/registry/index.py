@@ -151,14 +151,13 @@ class WorkerRegistry:
                     return False
                 self._drop(existing)
                 return True
+            if existing is not None and existing.seq > change.stored.seq:
+                return False  # our own later registration is in memory (its message follows)
             return self._keep(existing, change.stored)
 
     def _keep(self, existing: Worker | None, row: StoredWorker) -> bool:
         """Memory holds `row`; True if it changed."""
         if existing is None or existing.spec != row.spec:
-            # Our own later registration is in memory already (its message is on the way).
-            if existing is not None and existing.seq > row.seq:
-                return False
             self._put(row.spec, row.seq)
             return True
         if existing.seq != row.seq:
@@ -188,14 +187,7 @@ class WorkerRegistry:
             self._drop(worker)
         changed = bool(gone)
         for row in stored:
-            existing = self._by_id.get(row.spec.worker_id)
-            if existing is None or existing.spec != row.spec:
-                self._put(row.spec, row.seq)
-                changed = True
-            elif existing.seq != row.seq:
-                existing.seq = row.seq
-                self._settle_options(existing.model)
-                changed = True
+            changed = self._keep(self._by_id.get(row.spec.worker_id), row) or changed
         return changed or not full
 
     async def _restore(self, version: int) -> None:

@@ -196,8 +196,5 @@ class RedisStore:
     async def leave(self, replica: str) -> None:
         await self._client.zrem(REPLICAS, replica)
 
-    async def ping(self) -> None:
-        await self._client.ping()
-
     async def close(self) -> None:
         await self._client.aclose()

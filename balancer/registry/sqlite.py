@@ -169,9 +169,6 @@ class SQLiteStore:
     async def leave(self, replica: str) -> None:
         return None
 
-    async def ping(self) -> None:
-        await self._run(lambda c: c.execute("SELECT 1").fetchone())
-
     async def close(self) -> None:
         def close() -> None:
             if self._conn is not None:

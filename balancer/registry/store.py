@@ -87,10 +87,6 @@ class Store(Protocol):
         """`replica` stops: the others stop counting it at once."""
         ...
 
-    async def ping(self) -> None:
-        """Raise if the store cannot be reached."""
-        ...
-
     async def close(self) -> None: ...
 
 

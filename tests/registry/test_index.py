@@ -71,9 +71,6 @@ class PausingStore:
     async def leave(self, replica: str) -> None:
         await self.inner.leave(replica)
 
-    async def ping(self) -> None:
-        await self.inner.ping()
-
     async def close(self) -> None:
         await self.inner.close()
 
