@@ -21,7 +21,6 @@ from starlette.responses import Response
 from balancer.auth import require_api_key
 from balancer.errors import (
     BadRequest,
-    EndpointNotServed,
     ModelNotFound,
     NotFound,
     NoWorkerAvailable,
@@ -37,8 +36,8 @@ from balancer.registry import Worker
 from balancer.responses import Reply, StreamReply, json_response, served_headers
 from balancer.routes.body import optional_number, read_body, read_json_object
 from balancer.routes.form import Form, is_form, read_form
+from balancer.routes.targeting import Accept, both, note_routing, serving
 from balancer.selection.prompt_key import prompt_key
-from balancer.selection.sessions import session_of
 from balancer.wiring import Balancer
 
 TemplateAnswer = Callable[[Balancer, Lease, dict[str, Any]], Awaitable[Relayed]]
@@ -151,7 +150,7 @@ async def stored_response(request: Request, balancer: Balancer, record: RequestR
             f"response {response}: this balancer does not know which worker holds it (it "
             "remembers the responses made through it while their workers are registered)"
         )
-    accept = _pinned(balancer, owner.model, response, _is_openai)
+    accept = _pinned(owner, owner.model, response, _is_openai)
     query = request.scope.get("query_string", b"").decode("latin-1")
     path = f"/responses/{rest}" + (f"?{query}" if query else "")
 
@@ -312,10 +311,8 @@ async def _forward(
     path = endpoint.path
     workers = balancer.forwarder.workers_of(model)
     fields = data if data is not None else {}  # a form upload routes by its model alone
-    if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
-        record.routing_key = prompt_key(fields)
-    record.session = session_of(request.headers.get("x-session-id"), fields)
-    accept: Callable[[Worker], bool] | None = None
+    note_routing(balancer, request, record, model, fields, prompt=lambda: prompt_key(fields))
+    accept: Accept | None = None
     if from_template is None:
         if not any(w.spec.api == "openai" for w in workers):
             raise BadRequest(
@@ -324,20 +321,18 @@ async def _forward(
                 model=model,
             )
         accept = _is_openai
-    if any(w.spec.endpoints is not None for w in workers):
-        accept = _serving(path, accept)
-        if not any(accept(w) for w in workers):
-            raise EndpointNotServed(model, path)
+    accept = serving(model, workers, path, lambda worker: worker.serves(path), accept)
     relayed_statuses = endpoint.relayed_statuses
     previous = data.get("previous_response_id") if data and endpoint.stores_responses else None
     searching = False
     if isinstance(previous, str) and previous:
-        if balancer.responses.owner(previous) is None:
+        owner_id = balancer.responses.owner(previous)
+        if owner_id is None:
             # Made before a restart, or through another process of `--workers N`: the worker
             # that holds it is found by asking, and a 404 is "not here", not a failure.
             searching = True
         else:
-            accept = _pinned(balancer, model, previous, accept)
+            accept = _pinned(balancer.registry.get(owner_id), model, previous, accept)
         relayed_statuses = (*relayed_statuses, 404)
     options = data.get("stream_options") if data else None
     client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
@@ -414,7 +409,7 @@ async def _search(
     model: str,
     workers: list[Worker],
     attempt: Callable[[Lease], Awaitable[Relayed]],
-    accept: Callable[[Worker], bool] | None,
+    accept: Accept | None,
     served: Served[Relayed],
 ) -> Served[Relayed]:
     """Ask the model's other workers, one by one, while each says it does not hold the
@@ -436,22 +431,9 @@ async def _search(
     return served
 
 
-def _serving(path: str, accept: Callable[[Worker], bool] | None) -> Callable[[Worker], bool]:
-    if accept is None:
-        return lambda worker: worker.serves(path)
-    return lambda worker: worker.serves(path) and accept(worker)
-
-
-def _pinned(
-    balancer: Balancer, model: str, response: str, accept: Callable[[Worker], bool] | None
-) -> Callable[[Worker], bool] | None:
-    """Only the worker that created `response` may continue it, while it is in service; a
-    response this balancer did not see go by may be on any worker (the one that does not
-    have it answers 404)."""
-    owner_id = balancer.responses.owner(response)
-    if owner_id is None:
-        return accept
-    owner = balancer.registry.get(owner_id)
+def _pinned(owner: Worker | None, model: str, response: str, accept: Accept | None) -> Accept:
+    """Only `owner`, the worker that created `response` (None: no longer registered), may
+    continue it, while it is in service."""
     if owner is None or owner.removed:
         raise NotFound(
             f"response {response} was made by a worker that is no longer registered, and only "
@@ -467,9 +449,7 @@ def _pinned(
         )
         error.retry_after = 1.0
         raise error
-    if accept is None:
-        return lambda worker: worker is owner
-    return lambda worker: worker is owner and accept(worker)
+    return both(accept, lambda worker: worker is owner)
 
 
 def _is_openai(worker: Worker) -> bool:

@@ -6,14 +6,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from balancer.auth import require_api_key
-from balancer.errors import EndpointNotServed
 from balancer.events import RequestRecord
 from balancer.forwarding.lease import Lease
 from balancer.forwarding.prompt import complete_text
 from balancer.registry import Worker
 from balancer.responses import json_response, served_headers
 from balancer.routes.body import optional_number, read_json_object, required_string
-from balancer.selection.sessions import session_of
+from balancer.routes.targeting import note_routing, serving
 from balancer.wiring import Balancer
 
 OPERATEGPT_PATH = "/api/v1/chat/completions"
@@ -30,20 +29,14 @@ async def chat(request: Request, balancer: Balancer, record: RequestRecord) -> R
     prompt = required_string(data, "input")
     model = required_string(data, "model_name")
     temperature = optional_number(data, "temperature")
-    if balancer.selector.routes_on_prompts(model, balancer.registry.options(model).strategy):
-        record.routing_key = prompt
-    record.session = session_of(request.headers.get("x-session-id"), data)
+    note_routing(balancer, request, record, model, data, prompt=lambda: prompt)
 
     async def attempt(lease: Lease) -> str:
         return await complete_text(balancer.transport, lease, prompt, temperature)
 
-    accept = None
+    # A prompt is a chat: not for a worker that declares only, say, images.
     workers = balancer.forwarder.workers_of(model)
-    if any(w.spec.endpoints is not None for w in workers):
-        # A prompt is a chat: not for a worker that declares only, say, images.
-        accept = _chats
-        if not any(_chats(w) for w in workers):
-            raise EndpointNotServed(model, OPERATEGPT_PATH)
+    accept = serving(model, workers, OPERATEGPT_PATH, _chats)
     served = await balancer.forwarder.run(record, model, attempt, accept=accept)
     return json_response(
         {"success": True, "msg": "execute succeed", "result": served.value},
