@@ -46,8 +46,7 @@ def response_id(answer: bytes, *, streamed: bool) -> str | None:
     if not streamed:
         return _id_of(_document(answer))
     for event in sse.split_events(answer):
-        data = sse.event_data(event)
-        document = _document(data) if data else None
+        document = sse.event_json(event)
         if isinstance(document, dict) and isinstance(document.get("response"), dict):
             return _id_of(document["response"])
     return None

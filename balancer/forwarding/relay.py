@@ -265,7 +265,7 @@ class StreamTap:
     @property
     def usage(self) -> tuple[int, int] | None:
         """(prompt_tokens, completion_tokens) from the worker's last usage, if it sent any."""
-        document = _event_document(self._usage_event) if self._usage_event else None
+        document = sse.event_json(self._usage_event) if self._usage_event else None
         return usage_counts(document)
 
     def feed(self, chunk: bytes) -> bytes:
@@ -308,7 +308,7 @@ class StreamTap:
                 self._usage_event = event
                 kept.append(event)
                 continue
-            if usage_counts(_event_document(event)) is None:
+            if usage_counts(sse.event_json(event)) is None:
                 kept.append(event)
                 continue
             self._usage_event = event
@@ -316,16 +316,6 @@ class StreamTap:
                 kept.append(event)
             # else: the usage-only event we asked for; the client did not
         return b"".join(kept)
-
-
-def _event_document(event: bytes) -> object:
-    data = sse.event_data(event)
-    if data is None:
-        return None
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
 
 
 def _model_value(model: str) -> bytes:

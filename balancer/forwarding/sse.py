@@ -89,3 +89,14 @@ def event_data(event: bytes) -> bytes | None:
         if name == b"data":
             values.append(value[1:] if value.startswith(b" ") else value)
     return b"\n".join(values) if values else None
+
+
+def event_json(event: bytes) -> object:
+    """An event's data as JSON, None without data or when it is not JSON (`[DONE]`)."""
+    data = event_data(event)
+    if data is None:
+        return None
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
