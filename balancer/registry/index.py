@@ -88,29 +88,37 @@ class WorkerRegistry:
                 ) from exc
             return self._put(spec, seq)
 
-    async def remove(self, model_name: str, url: str) -> Worker:
-        """Take a worker offline. Requests already using it finish normally."""
+    async def find(self, model_name: str, url: str) -> Worker | None:
+        """The worker of (model, URL), or None; store errors are raised."""
+        async with self._write_lock:
+            return await self._find(model_name, url)
+
+    async def _find(self, model_name: str, url: str) -> Worker | None:
         try:
             wid = worker_id(model_name, url)
         except ValueError:
-            raise WorkerNotFound() from None
+            return None
+        if wid not in self._by_id:
+            # Registered a moment ago through another process sharing the store?
+            await self._catch_up()
+        return self._by_id.get(wid)
+
+    async def remove(self, model_name: str, url: str) -> Worker:
+        """Take a worker offline. Requests already using it finish normally."""
         async with self._write_lock:
-            if wid not in self._by_id:
-                # Registered a moment ago through another process sharing the store?
-                try:
-                    await self._catch_up()
-                except Exception as exc:
-                    log.error("store_read_failed", error=repr(exc), model=model_name)
-                    raise StoreUnavailable(
-                        "the store cannot be reached, so the worker is still registered; try "
-                        "again when it is back (GET /readyz says)",
-                        model=model_name,
-                    ) from exc
-            worker = self._by_id.get(wid)
+            try:
+                worker = await self._find(model_name, url)
+            except Exception as exc:
+                log.error("store_read_failed", error=repr(exc), model=model_name)
+                raise StoreUnavailable(
+                    "the store cannot be reached, so the worker is still registered; try "
+                    "again when it is back (GET /readyz says)",
+                    model=model_name,
+                ) from exc
             if worker is None:
                 raise WorkerNotFound()
             try:
-                await self.store.delete(wid)
+                await self.store.delete(worker.id)
             except Exception as exc:
                 log.error("store_write_failed", error=repr(exc), model=model_name)
                 raise StoreUnavailable(

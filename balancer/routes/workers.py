@@ -11,7 +11,6 @@ from starlette.responses import Response
 from balancer.errors import BadRequest, NotFound, StoreUnavailable
 from balancer.logging import get_logger, redact_url
 from balancer.registry import Worker, parse_spec
-from balancer.registry.models import worker_id
 from balancer.responses import json_response
 from balancer.routes.body import read_json_object, required_string
 from balancer.wiring import Balancer
@@ -123,17 +122,9 @@ async def _named_worker(balancer: Balancer, data: dict[str, Any]) -> Worker:
     model = required_string(data, "model_name")
     url = required_string(data, "req_url_template")
     try:
-        wid = worker_id(model, url)
-    except ValueError:
-        wid = ""
-    worker = balancer.registry.get(wid)
-    if worker is None:
-        # Registered a moment ago through another process sharing the store?
-        try:
-            await balancer.registry.refresh()
-        except Exception as exc:
-            raise StoreUnavailable("could not read the store", model=model) from exc
-        worker = balancer.registry.get(wid)
+        worker = await balancer.registry.find(model, url)
+    except Exception as exc:
+        raise StoreUnavailable("could not read the store", model=model) from exc
     if worker is None:
         raise NotFound(f"no llm worker of model {model} at {redact_url(url)}")
     return worker
