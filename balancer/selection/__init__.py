@@ -27,13 +27,29 @@ from balancer.selection.sessions import Sessions
 from balancer.selection.weighted import Weighted
 from balancer.types import Clock, Strategy
 
-POLICIES: dict[Strategy, Callable[[random.Random], Policy]] = {
-    "least_latency": lambda rng: LeastLatency(rng),
-    "weighted": lambda rng: Weighted(),
-    "round_robin": lambda rng: RoundRobin(),
-    "random": lambda rng: RandomPick(rng),
-    "least_requests": lambda rng: LeastRequests(rng),
-    "cache_aware": lambda rng: CacheAware(rng),
+
+@dataclass(frozen=True, slots=True)
+class Tuning:
+    """The settings a policy is made with (BALANCER_CACHE_THRESHOLD,
+    BALANCER_BALANCE_ABS_THRESHOLD, BALANCER_BALANCE_REL_THRESHOLD)."""
+
+    cache_threshold: float = DEFAULT_CACHE_THRESHOLD
+    balance_abs: float = DEFAULT_BALANCE_ABS_THRESHOLD
+    balance_rel: float = DEFAULT_BALANCE_REL_THRESHOLD
+
+
+POLICIES: dict[Strategy, Callable[[random.Random, Tuning], Policy]] = {
+    "least_latency": lambda rng, tuning: LeastLatency(rng),
+    "weighted": lambda rng, tuning: Weighted(),
+    "round_robin": lambda rng, tuning: RoundRobin(),
+    "random": lambda rng, tuning: RandomPick(rng),
+    "least_requests": lambda rng, tuning: LeastRequests(rng),
+    "cache_aware": lambda rng, tuning: CacheAware(
+        rng,
+        cache_threshold=tuning.cache_threshold,
+        balance_abs=tuning.balance_abs,
+        balance_rel=tuning.balance_rel,
+    ),
 }
 """Every strategy name (`balancer.types.Strategy`) and how to make its policy for one model."""
 
@@ -69,15 +85,7 @@ class Selector:
         self.clock = clock
         self._rng = rng or random.Random()
         self._policies: dict[str, tuple[Strategy, Policy]] = {}
-        self._make: dict[Strategy, Callable[[random.Random], Policy]] = {
-            **POLICIES,
-            "cache_aware": lambda rng: CacheAware(
-                rng,
-                cache_threshold=cache_threshold,
-                balance_abs=balance_abs,
-                balance_rel=balance_rel,
-            ),
-        }
+        self._tuning = Tuning(cache_threshold, balance_abs, balance_rel)
         self.sessions = (
             sessions
             if sessions is not None
@@ -89,7 +97,7 @@ class Selector:
         wanted = strategy or self.default_strategy
         current = self._policies.get(model)
         if current is None or current[0] != wanted:
-            current = self._policies[model] = (wanted, self._make[wanted](self._rng))
+            current = self._policies[model] = (wanted, POLICIES[wanted](self._rng, self._tuning))
         return current[1]
 
     def choose(

@@ -47,6 +47,12 @@ def load_of(worker: Worker) -> float:
     return (worker.inflight + worker.engine_queue) / worker.spec.weight
 
 
+def out_of_balance(load: float, lightest: float, balance_abs: float, balance_rel: float) -> bool:
+    """Whether `load` is too far above the `lightest` load to keep a prompt's (or session's)
+    worker: by more than `balance_abs` and more than `balance_rel` times."""
+    return load - lightest > balance_abs and load > balance_rel * lightest
+
+
 class CacheAware:
     def __init__(
         self,
@@ -93,7 +99,7 @@ class CacheAware:
         return chosen
 
     def overloaded(self, load: float, lightest: float) -> bool:
-        return load - lightest > self.balance_abs and load > self.balance_rel * lightest
+        return out_of_balance(load, lightest, self.balance_abs, self.balance_rel)
 
     def _home(
         self, names: list[int], length: int, candidates: Sequence[Worker], loads: list[float]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from balancer.config import DEFAULT_BALANCE_ABS_THRESHOLD, DEFAULT_BALANCE_REL_THRESHOLD
 from balancer.registry.models import Worker
-from balancer.selection.cache_aware import load_of
+from balancer.selection.cache_aware import load_of, out_of_balance
 
 DEFAULT_SESSION_TTL = 600.0
 DEFAULT_MAX_SESSIONS = 100_000
@@ -65,7 +65,7 @@ class Sessions:
     def overloaded(self, worker: Worker, candidates: Sequence[Worker]) -> bool:
         """Out of balance with the least loaded candidate, by cache_aware's measure."""
         load, lightest = load_of(worker), min(load_of(w) for w in candidates)
-        return load - lightest > self.balance_abs and load > self.balance_rel * lightest
+        return out_of_balance(load, lightest, self.balance_abs, self.balance_rel)
 
     def remember(self, model: str, session: str, worker: Worker, now: float) -> None:
         key = (model, session)
