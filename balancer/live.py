@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from balancer.events import (
     AttemptFailed,
     AttemptSucceeded,
-    HealthChanged,
     RegistryChanged,
     RequestFinished,
 )
@@ -100,8 +99,6 @@ class LiveStats:
         self.clock = clock
         self._models: dict[str, Series] = {}
         self._workers: dict[str, Series] = {}
-        self._last_ejection: dict[str, str] = {}
-        """Why each worker was last ejected, as the health monitor said."""
 
     def _now(self) -> int:
         return int(self.clock())
@@ -146,20 +143,12 @@ class LiveStats:
             bucket.output_tokens += record.output_tokens
             bucket.generation_seconds += record.generation_seconds
 
-    def on_health_changed(self, event: HealthChanged) -> None:
-        if event.new == "ejected":
-            self._last_ejection[event.worker.id] = event.reason
-
-    def last_ejection(self, wid: str) -> str | None:
-        return self._last_ejection.get(wid)
-
     def on_registry_changed(self, event: RegistryChanged) -> None:
         if event.change == "registered":
             self._workers.setdefault(event.worker.id, Series())
             self._models.setdefault(event.worker.model, Series())
         elif event.change == "removed":
             self._workers.pop(event.worker.id, None)
-            self._last_ejection.pop(event.worker.id, None)
             if event.model_gone:
                 self._models.pop(event.worker.model, None)
 

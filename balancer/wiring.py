@@ -143,7 +143,6 @@ def connect(b: Balancer) -> None:
     e.probed.connect(b.metrics.on_probed)
     e.health_changed.connect(b.probes.on_health_changed)
     e.health_changed.connect(b.metrics.on_health_changed)
-    e.health_changed.connect(b.live.on_health_changed)
     e.registry_changed.connect(b.selector.on_registry_changed)
     e.registry_changed.connect(b.forwarder.on_registry_changed)
     e.registry_changed.connect(b.probes.on_registry_changed)

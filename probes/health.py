@@ -72,6 +72,7 @@ class WorkerHealth:
         "ejected_until",
         "ejection_reason",
         "ejections",
+        "last_ejection",
         "last_error",
         "last_probe_at",
         "last_probe_latency_ms",
@@ -94,6 +95,8 @@ class WorkerHealth:
         self.ejections = 0
         """Every ejection so far, for people; `ejection_multiplier` sets their length."""
         self.ejection_reason: EjectionReason | None = None
+        self.last_ejection: str | None = None
+        """Why it was last ejected, in words; kept after it is back in service."""
         self.ejected_until: float | None = None
         self._multiplier = 0
         self._decay_from: float | None = now
@@ -160,6 +163,7 @@ class WorkerHealth:
         self._decay_from = None
         self.ejections += 1
         self.ejection_reason = reason
+        self.last_ejection = why
         self.ejected_until = None
         if reason == "passive":
             self.ejected_until = now + min(

@@ -7,7 +7,6 @@ from balancer.errors import UpstreamError
 from balancer.events import (
     AttemptFailed,
     AttemptSucceeded,
-    HealthChanged,
     RegistryChanged,
     RequestFinished,
     RequestRecord,
@@ -123,18 +122,6 @@ def test_time_to_first_token_and_tokens_per_second_per_worker() -> None:
     assert summary.ttft_ms == 200
     assert summary.tokens_per_second == 100
     assert summary.as_dict()["tokens_per_second"] == 100
-
-
-def test_the_last_ejection_reason_is_kept_until_the_worker_goes() -> None:
-    stats = LiveStats(Clock())
-    worker = make_worker(stats)
-    stats.on_health_changed(
-        HealthChanged(worker, "healthy", "ejected", "3 probes failed: refused", "probe")
-    )
-    stats.on_health_changed(HealthChanged(worker, "ejected", "healthy", "probes ok", "probe"))
-    assert stats.last_ejection(worker.id) == "3 probes failed: refused"
-    stats.on_registry_changed(RegistryChanged("removed", worker, model_gone=True))
-    assert stats.last_ejection(worker.id) is None
 
 
 def test_a_removed_worker_and_model_are_forgotten() -> None:

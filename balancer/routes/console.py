@@ -89,7 +89,7 @@ def _worker(balancer: Balancer, worker: Worker) -> dict[str, Any]:
         "consecutive_failures": health["consecutive_failures"],
         "ejections": health["ejections"],
         "ejection_reason": health["ejection_reason"],
-        "last_ejection": _redacted(balancer.live.last_ejection(worker.id)),
+        "last_ejection": _redacted(worker.health.last_ejection),
         "ejected_until": health["ejected_until"],
         **balancer.live.worker(worker.id).as_dict(),
     }

@@ -60,6 +60,16 @@ def test_an_ejected_worker_needs_healthy_threshold_successes_to_recover() -> Non
     assert health.ejection_reason is None
 
 
+def test_the_last_ejection_reason_is_kept_after_the_worker_is_back() -> None:
+    health = fresh()
+    for t in range(3):
+        health.probe_failed(float(t), "refused")
+    health.probe_succeeded(4.0, 1.0)
+    health.probe_succeeded(5.0, 1.0)
+    assert health.status == "healthy"
+    assert health.last_ejection == "3 probes failed: refused"
+
+
 def test_live_failures_eject_at_once_for_base_ejection_time() -> None:
     health, other = fresh(), fresh()
     siblings = [health, other]
