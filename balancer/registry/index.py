@@ -228,14 +228,13 @@ class WorkerRegistry:
     def _put(self, spec: WorkerSpec, seq: int) -> tuple[Worker, bool]:
         existing = self._by_id.get(spec.worker_id)
         if existing is not None:
-            existing.set_spec(spec)
+            existing.set_spec(spec, self.replicas)
             existing.seq = seq
             self._settle_options(spec.model_name)
             self._emit("updated", existing)
             return existing, False
-        worker = Worker(
-            spec, WorkerHealth(self.health_policy, self.clock()), seq=seq, replicas=self.replicas
-        )
+        worker = Worker(spec, WorkerHealth(self.health_policy, self.clock()), seq=seq)
+        worker.share(self.replicas)
         self._by_id[worker.id] = worker
         self._by_model.setdefault(worker.model, []).append(worker)
         self._settle_options(worker.model)

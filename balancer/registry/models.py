@@ -285,8 +285,6 @@ class Worker:
     engine_queue: int = 0
     """Requests the engine held beyond ours in flight at that reading (other clients'): what
     load-aware policies add to `inflight`. Ours are counted fresh in `inflight` instead."""
-    replicas: int = 1
-    """Balancer replicas sharing its `max_concurrency` (this one included)."""
     limit: int | None = field(init=False, default=None)
     """Requests this replica may have in flight to it: its share of `max_concurrency`."""
     id: str = field(init=False)
@@ -295,19 +293,20 @@ class Worker:
         self.id = self.spec.worker_id
         self.set_spec(self.spec)
 
-    def set_spec(self, spec: WorkerSpec) -> None:
+    def set_spec(self, spec: WorkerSpec, replicas: int = 1) -> None:
+        """A new registration of the worker; `replicas`: balancer replicas sharing its
+        `max_concurrency` (this one included)."""
         self.spec = spec
         self.extract = parse_extract_path(spec.response_extract) if spec.response_extract else None
-        self.share(self.replicas)
+        self.share(replicas)
 
     def share(self, replicas: int) -> bool:
         """Split `max_concurrency` between `replicas` (at least 1 each, so a limit below the
         number of replicas is exceeded rather than a worker never used); True if this replica's
         share grew."""
         before = self.limit
-        self.replicas = max(replicas, 1)
         limit = self.spec.max_concurrency
-        self.limit = None if limit is None else max(limit // self.replicas, 1)
+        self.limit = None if limit is None else max(limit // replicas, 1)
         return before is not None and self.limit is not None and self.limit > before
 
     @property
