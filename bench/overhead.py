@@ -13,7 +13,6 @@ alike; medians of the rounds are reported. Cells:
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -36,9 +35,9 @@ from bench.harness import (
     wrk,
 )
 from bench.open_loop import open_loop
+from bench.streams import PATH, median, minus
 
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello, how are you?"}]}'
-PATH = "/v1/chat/completions"
 REQUEST_CELLS = ((0.0, 16), (0.0, 64), (0.05, 16), (0.05, 64))
 TAIL_CELL = (0.05, 64)
 BASELINE_CELL = "0 ms upstream, 16 conns"
@@ -231,15 +230,15 @@ def _request_cells(
             RequestRow(
                 label,
                 name,
-                *(_median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy")),
+                *(median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy")),
                 errors=sum(r["errors"] for r in runs),
             )
             for name, runs in samples.items()
         ]
         direct = rows[0]
         for row in rows:
-            row.added_p50_ms = _minus(row.p50_ms, direct.p50_ms)
-            row.added_p99_ms = _minus(row.p99_ms, direct.p99_ms)
+            row.added_p50_ms = minus(row.p50_ms, direct.p50_ms)
+            row.added_p99_ms = minus(row.p99_ms, direct.p99_ms)
         results.requests += rows
         if tail and "open-loop" in plan.cells:
             results.open_loop = _open_loop_cell(proxies, plan, load_pids, results.failures)
@@ -279,14 +278,14 @@ def _open_loop_cell(
         OpenLoopRow(
             name,
             plan.open_loop_rate,
-            *(_median(runs, k) for k in keys),
+            *(median(runs, k) for k in keys),
             errors=sum(r["errors"] for r in runs),
             unanswered=sum(r["unanswered"] for r in runs),
         )
         for name, runs in samples.items()
     ]
     for row in rows:
-        row.added_p99_ms = _minus(row.p99_ms, rows[0].p99_ms)
+        row.added_p99_ms = minus(row.p99_ms, rows[0].p99_ms)
     return rows
 
 
@@ -363,15 +362,6 @@ def _settle(proxy: Proxy, *, limit: float = 5.0) -> None:
         time.sleep(0.05)
         if cpu_seconds(proxy.pids) - before < 0.005:
             return
-
-
-def _median(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
                 cell.key,
                 name,
                 *(
-                    _median(runs, key)
+                    median(runs, key)
                     for key in (
                         "streams_per_second",
                         "chunks_per_second",
@@ -165,8 +165,8 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
     direct = next((r for r in out if r.proxy == "direct"), None)
     for row in out:
         if direct is not None:
-            row.added_ttft_ms = _minus(row.ttft_ms, direct.ttft_ms)
-            row.added_gap_p99_ms = _minus(row.gap_p99_ms, direct.gap_p99_ms)
+            row.added_ttft_ms = minus(row.ttft_ms, direct.ttft_ms)
+            row.added_gap_p99_ms = minus(row.gap_p99_ms, direct.gap_p99_ms)
     return out
 
 
@@ -181,10 +181,12 @@ def _notes(runs: list[dict[str, Any]]) -> str:
     return "; ".join(notes)
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+def median(runs: list[dict[str, Any]], key: str) -> float | None:
+    """The median of one figure over a proxy's runs, those without it left out."""
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
 
 
-def _minus(a: float | None, b: float | None) -> float | None:
+def minus(a: float | None, b: float | None) -> float | None:
+    """What a figure adds over another (over a direct call's), if both were measured."""
     return None if a is None or b is None else a - b
