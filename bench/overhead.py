@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from balancer.fakes.processes import Process
 from bench import peers, streams
 from bench.client import own_cpu_seconds
 from bench.harness import (
     LOAD_CORE,
-    Process,
     Proxy,
     WrkResult,
     balancer,
@@ -208,7 +208,7 @@ def _request_cells(
     load_pids: list[int],
     results: Results,
 ) -> None:
-    cells = REQUEST_CELLS if "requests" in plan.cells else ()
+    cells: tuple[tuple[float, int], ...] = REQUEST_CELLS if "requests" in plan.cells else ()
     if not cells and set(plan.cells) - {"requests", "open-loop"}:
         cells = ((0.0, 16),)  # the stream cells' CPU per chunk needs the CPU per request
     if "open-loop" in plan.cells and TAIL_CELL not in cells:
@@ -230,7 +230,7 @@ def _request_cells(
             RequestRow(
                 label,
                 name,
-                *(median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy")),
+                **{k: median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy")},
                 errors=sum(r["errors"] for r in runs),
             )
             for name, runs in samples.items()
@@ -278,7 +278,7 @@ def _open_loop_cell(
         OpenLoopRow(
             name,
             plan.open_loop_rate,
-            *(median(runs, k) for k in keys),
+            **{k: median(runs, k) for k in keys},
             errors=sum(r["errors"] for r in runs),
             unanswered=sum(r["unanswered"] for r in runs),
         )

@@ -144,8 +144,8 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
             StreamRow(
                 cell.key,
                 name,
-                *(
-                    median(runs, key)
+                **{
+                    key: median(runs, key)
                     for key in (
                         "streams_per_second",
                         "chunks_per_second",
@@ -157,7 +157,7 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
                         "proxy_busy",
                         "load_busy",
                     )
-                ),
+                },
                 errors=sum(r["errors"] for r in runs),
                 notes=_notes(runs),
             )
