@@ -42,6 +42,7 @@ from bench import peers
 from bench.client import Connection, Target, percentile
 from bench.client import run as run_loop
 from bench.harness import LOAD_CORE, balancer, register
+from bench.report import fmt, table
 
 ENGINES = 4
 ENGINE: dict[str, Any] = {
@@ -427,18 +428,7 @@ def run(
     return Results(plan, workloads, rows, versions)
 
 
-# The report (bench/report.py's helpers would bring the proxy benchmark's modules along).
-
-
-def fmt(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return "∞" if math.isinf(value) else f"{value:,.0f}"
-
-
-def table(columns: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+# The report.
 
 
 def _row(workload: str, policy: str, rows: list[Row]) -> Row | None:
