@@ -69,7 +69,7 @@ class Proxy:
     """So slow (LiteLLM) that one round of the long cells says enough, and saves minutes."""
 
 
-def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Process, str]:
+def fake_worker(tmp: Path, name: str, **options: object) -> tuple[WorkerProcess, str]:
     worker = WorkerProcess(tmp, name, cores=LOAD_CORE, **options)
     worker.start()
     return worker, worker.url

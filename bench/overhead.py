@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from balancer.fakes.processes import Process
+from balancer.fakes.processes import Process, WorkerProcess
 from bench import peers, streams
 from bench.client import own_cpu_seconds
 from bench.harness import (
@@ -131,7 +131,8 @@ def run(tmp: Path, plan: Plan | None = None) -> Results:
     try:
         w1, url1 = fake_worker(tmp, "w1")
         w2, url2 = fake_worker(tmp, "w2")
-        procs += [w1, w2]
+        workers = [w1, w2]
+        procs += workers
         worker_urls = [url1, url2]
         load_pids = [w1.pid, w2.pid]
         started = peers.start(tmp, worker_urls, [n for n in peers.PEERS if plan.wants(n)])
@@ -153,15 +154,15 @@ def run(tmp: Path, plan: Plan | None = None) -> Results:
             time.sleep(1.5)  # ... and seen the registration
             proxies.append(Proxy(TWO_PROCESSES, lb2_url, tree(lb2.pid)))
         results = Results(plan, [p.name for p in proxies], started.versions, started.unavailable)
-        _warm_up(proxies, tmp, worker_urls, load_pids, results.failures)
-        _request_cells(proxies, plan, tmp, worker_urls, load_pids, results)
+        _warm_up(proxies, tmp, workers, load_pids, results.failures)
+        _request_cells(proxies, plan, tmp, workers, load_pids, results)
         baseline = {r.proxy: r.cpu_us for r in results.requests if r.cell == BASELINE_CELL}
         one_core = [p for p in proxies if p.name != TWO_PROCESSES]
         slow = {p.name for p in proxies if p.slow}
         for cell in streams.CELLS:
             if cell.key not in plan.cells:
                 continue
-            streams.prepare(cell, worker_urls)
+            streams.prepare(cell, workers)
             seconds = plan.saturation_seconds if cell is streams.SATURATION else plan.stream_seconds
             samples = _interleave(
                 one_core,
@@ -186,12 +187,12 @@ def run(tmp: Path, plan: Plan | None = None) -> Results:
 def _warm_up(
     proxies: list[Proxy],
     tmp: Path,
-    worker_urls: list[str],
+    workers: list[WorkerProcess],
     load_pids: list[int],
     failures: list[str],
 ) -> None:
     """Fill every proxy's connection pools, and run its streaming path once."""
-    streams.prepare(streams.SHORT, worker_urls)
+    streams.prepare(streams.SHORT, workers)
     for proxy in proxies:
         try:
             wrk(proxy.url + PATH, BODY, connections=64, seconds=1, tmp=tmp, headers=proxy.headers)
@@ -204,7 +205,7 @@ def _request_cells(
     proxies: list[Proxy],
     plan: Plan,
     tmp: Path,
-    worker_urls: list[str],
+    workers: list[WorkerProcess],
     load_pids: list[int],
     results: Results,
 ) -> None:
@@ -214,7 +215,8 @@ def _request_cells(
     if "open-loop" in plan.cells and TAIL_CELL not in cells:
         cells = (*cells, TAIL_CELL)
     for latency, connections in cells:
-        streams.set_workers(worker_urls, latency=latency, chunks=8, chunk_delay=0.0)
+        for worker in workers:
+            worker.control(latency=latency, chunks=8, chunk_delay=0.0)
         label = f"{int(latency * 1000)} ms upstream, {connections} conns"
         tail = (latency, connections) == TAIL_CELL
         seconds = plan.tail_seconds if tail else plan.request_seconds

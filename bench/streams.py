@@ -11,8 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from balancer.fakes.processes import WorkerProcess
 from bench import sse_client
 from bench.harness import Proxy
 
@@ -76,13 +75,9 @@ class StreamRow:
     added_gap_p99_ms: float | None = None
 
 
-def set_workers(worker_urls: list[str], **behaviour: float) -> None:
-    for url in worker_urls:
-        httpx.post(url + "/_control", json=behaviour, timeout=5).raise_for_status()
-
-
-def prepare(cell: StreamCell, worker_urls: list[str]) -> None:
-    set_workers(worker_urls, latency=0.0, chunks=cell.chunks, chunk_delay=cell.chunk_delay)
+def prepare(cell: StreamCell, workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        worker.control(latency=0.0, chunks=cell.chunks, chunk_delay=cell.chunk_delay)
 
 
 def sample(
