@@ -38,6 +38,7 @@ import httpx
 import orjson
 
 from balancer.fakes.processes import WorkerProcess
+from balancer.forwarding import sse
 from bench import peers
 from bench.client import Connection, Target, percentile
 from bench.client import run as run_loop
@@ -231,16 +232,18 @@ class _Answer:
 
     def on_body(self, piece: bytes) -> None:
         self.buffer += piece
-        while (end := self.buffer.find(b"\n\n")) >= 0:
-            event, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
-            for line in event.split(b"\n"):
-                data = line[5:].strip() if line.startswith(b"data:") else b""
-                if not data or data == b"[DONE]":
-                    continue
-                for choice in orjson.loads(data).get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        self._token(text)
+        whole = sse.whole_events_length(self.buffer)
+        if not whole:
+            return
+        events, self.buffer = self.buffer[:whole], self.buffer[whole:]
+        for event in sse.split_events(events):
+            data = sse.event_data(event)
+            if not data or data == b"[DONE]":
+                continue
+            for choice in orjson.loads(data).get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    self._token(text)
 
     def _token(self, text: str) -> None:
         now = time.perf_counter()
