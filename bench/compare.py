@@ -12,7 +12,6 @@ stream of 16 chunks), and the median of the rounds' paired ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -20,7 +19,7 @@ from pathlib import Path
 
 from balancer.fakes.processes import WorkerProcess
 from bench import peers, streams
-from bench.harness import LOAD_CORE, Process, Proxy, balancer, fake_worker, register
+from bench.harness import Process, Proxy, balancer, fake_worker, on_load_core, register
 from bench.overhead import measure
 
 
@@ -32,8 +31,8 @@ def main() -> int:
     parser.add_argument("--only", choices=("requests", "streams"), help="one of the two cells")
     args = parser.parse_args()
     other = args.other.resolve()
-    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the stream client runs in this process: load
-    with tempfile.TemporaryDirectory(prefix="llm-balancer-compare-") as name:
+    # The stream client runs in this process: it is load.
+    with on_load_core(), tempfile.TemporaryDirectory(prefix="llm-balancer-compare-") as name:
         tmp = Path(name)
         procs: list[Process] = []
         try:

@@ -12,7 +12,6 @@ alike; medians of the rounds are reported. Cells:
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Callable
@@ -24,12 +23,12 @@ from balancer.fakes.processes import Process, WorkerProcess
 from bench import peers, streams
 from bench.client import own_cpu_seconds
 from bench.harness import (
-    LOAD_CORE,
     Proxy,
     WrkResult,
     balancer,
     cpu_seconds,
     fake_worker,
+    on_load_core,
     register,
     tree,
     wrk,
@@ -125,63 +124,69 @@ class Results:
 def run(tmp: Path, plan: Plan | None = None) -> Results:
     plan = plan or Plan()
     procs: list[Process] = []
-    affinity = os.sched_getaffinity(0)
     # The clients of the open-loop and stream cells run in this process: they are load.
-    os.sched_setaffinity(0, {int(LOAD_CORE)})
-    try:
-        w1, url1 = fake_worker(tmp, "w1")
-        w2, url2 = fake_worker(tmp, "w2")
-        workers = [w1, w2]
-        procs += workers
-        worker_urls = [url1, url2]
-        load_pids = [w1.pid, w2.pid]
-        started = peers.start(tmp, worker_urls, [n for n in peers.PEERS if plan.wants(n)])
-        procs += started.processes
-        lb, lb_url = balancer(tmp)
-        procs.append(lb)
-        register(lb_url, "bench", worker_urls, strategy="least_latency")
-        proxies = [
-            Proxy("direct", url1, [], direct_urls=worker_urls),
-            *started.proxies,
-            Proxy("balancer", lb_url, [lb.pid]),
-        ]
-        if plan.wants(TWO_PROCESSES):
-            # Two processes need two cores: this one shares core 1 with the load and the workers.
-            lb2, lb2_url = balancer(tmp, name="balancer-x2", processes=2, cores="0,1")
-            procs.append(lb2)
-            time.sleep(1.5)  # both processes have loaded the registry
-            register(lb2_url, "bench", worker_urls, strategy="least_latency")
-            time.sleep(1.5)  # ... and seen the registration
-            proxies.append(Proxy(TWO_PROCESSES, lb2_url, tree(lb2.pid)))
-        results = Results(plan, [p.name for p in proxies], started.versions, started.unavailable)
-        _warm_up(proxies, tmp, workers, load_pids, results.failures)
-        _request_cells(proxies, plan, tmp, workers, load_pids, results)
-        baseline = {r.proxy: r.cpu_us for r in results.requests if r.cell == BASELINE_CELL}
-        one_core = [p for p in proxies if p.name != TWO_PROCESSES]
-        slow = {p.name for p in proxies if p.slow}
-        for cell in streams.CELLS:
-            if cell.key not in plan.cells:
-                continue
-            streams.prepare(cell, workers)
-            seconds = plan.saturation_seconds if cell is streams.SATURATION else plan.stream_seconds
-            samples = _interleave(
-                one_core,
-                plan.side_rounds if cell is streams.SATURATION else plan.rounds,
-                cell.label,
-                results.failures,
-                lambda p, c=cell, s=seconds: streams.sample(  # type: ignore[misc]
-                    p, c, seconds=s, load_pids=load_pids, cpu_us_per_request=baseline.get(p.name)
-                ),
-                # A direct call is only a baseline, and a slow proxy's figures are far apart
-                # from the others': once is enough.
-                once={"direct", *slow},
+    with on_load_core():
+        try:
+            w1, url1 = fake_worker(tmp, "w1")
+            w2, url2 = fake_worker(tmp, "w2")
+            workers = [w1, w2]
+            procs += workers
+            worker_urls = [url1, url2]
+            load_pids = [w1.pid, w2.pid]
+            started = peers.start(tmp, worker_urls, [n for n in peers.PEERS if plan.wants(n)])
+            procs += started.processes
+            lb, lb_url = balancer(tmp)
+            procs.append(lb)
+            register(lb_url, "bench", worker_urls, strategy="least_latency")
+            proxies = [
+                Proxy("direct", url1, [], direct_urls=worker_urls),
+                *started.proxies,
+                Proxy("balancer", lb_url, [lb.pid]),
+            ]
+            if plan.wants(TWO_PROCESSES):
+                # Two processes need two cores: this one shares core 1 with load and workers.
+                lb2, lb2_url = balancer(tmp, name="balancer-x2", processes=2, cores="0,1")
+                procs.append(lb2)
+                time.sleep(1.5)  # both processes have loaded the registry
+                register(lb2_url, "bench", worker_urls, strategy="least_latency")
+                time.sleep(1.5)  # ... and seen the registration
+                proxies.append(Proxy(TWO_PROCESSES, lb2_url, tree(lb2.pid)))
+            results = Results(
+                plan, [p.name for p in proxies], started.versions, started.unavailable
             )
-            results.streams[cell.key] = streams.rows(cell, samples)
-        return results
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-        os.sched_setaffinity(0, affinity)
+            _warm_up(proxies, tmp, workers, load_pids, results.failures)
+            _request_cells(proxies, plan, tmp, workers, load_pids, results)
+            baseline = {r.proxy: r.cpu_us for r in results.requests if r.cell == BASELINE_CELL}
+            one_core = [p for p in proxies if p.name != TWO_PROCESSES]
+            slow = {p.name for p in proxies if p.slow}
+            for cell in streams.CELLS:
+                if cell.key not in plan.cells:
+                    continue
+                streams.prepare(cell, workers)
+                seconds = (
+                    plan.saturation_seconds if cell is streams.SATURATION else plan.stream_seconds
+                )
+                samples = _interleave(
+                    one_core,
+                    plan.side_rounds if cell is streams.SATURATION else plan.rounds,
+                    cell.label,
+                    results.failures,
+                    lambda p, c=cell, s=seconds: streams.sample(  # type: ignore[misc]
+                        p,
+                        c,
+                        seconds=s,
+                        load_pids=load_pids,
+                        cpu_us_per_request=baseline.get(p.name),
+                    ),
+                    # A direct call is only a baseline, and a slow proxy's figures are far apart
+                    # from the others': once is enough.
+                    once={"direct", *slow},
+                )
+                results.streams[cell.key] = streams.rows(cell, samples)
+            return results
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
 
 
 def _warm_up(
