@@ -12,14 +12,14 @@ stream of 16 chunks), and the median of the rounds' paired ratios.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
+from balancer.fakes.processes import WorkerProcess
 from bench import peers, streams
-from bench.harness import LOAD_CORE, Process, Proxy, balancer, fake_worker, register
+from bench.harness import Process, Proxy, balancer, fake_worker, on_load_core, register
 from bench.overhead import measure
 
 
@@ -31,8 +31,8 @@ def main() -> int:
     parser.add_argument("--only", choices=("requests", "streams"), help="one of the two cells")
     args = parser.parse_args()
     other = args.other.resolve()
-    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the stream client runs in this process: load
-    with tempfile.TemporaryDirectory(prefix="llm-balancer-compare-") as name:
+    # The stream client runs in this process: it is load.
+    with on_load_core(), tempfile.TemporaryDirectory(prefix="llm-balancer-compare-") as name:
         tmp = Path(name)
         procs: list[Process] = []
         try:
@@ -56,7 +56,7 @@ def main() -> int:
             if args.only != "streams":
                 requests(proxies, tmp, args.seconds, args.rounds)
             if args.only != "requests":
-                stream_cells(proxies, args.seconds, args.rounds, [url1, url2], [w1.pid, w2.pid])
+                stream_cells(proxies, args.seconds, args.rounds, [w1, w2], [w1.pid, w2.pid])
         finally:
             for proc in reversed(procs):
                 proc.stop()
@@ -77,10 +77,14 @@ def requests(proxies: list[Proxy], tmp: Path, seconds: float, rounds: int) -> No
 
 
 def stream_cells(
-    proxies: list[Proxy], seconds: float, rounds: int, worker_urls: list[str], load_pids: list[int]
+    proxies: list[Proxy],
+    seconds: float,
+    rounds: int,
+    workers: list[WorkerProcess],
+    load_pids: list[int],
 ) -> None:
     print(f"\n{streams.SHORT.label}, {rounds} rounds")
-    streams.prepare(streams.SHORT, worker_urls)
+    streams.prepare(streams.SHORT, workers)
     cpu: dict[str, list[float]] = {p.name: [] for p in proxies}
     for round_ in range(rounds):
         for proxy in _order(proxies, round_):

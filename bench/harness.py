@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,18 @@ from balancer.fakes.processes import BalancerProcess, Process, WorkerProcess
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PROXY_CORE = "0"
 LOAD_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
+
+
+@contextmanager
+def on_load_core() -> Iterator[None]:
+    """This process pinned to the load core within the block (where its clients run, they are
+    load), to the cores it had before after it."""
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {int(LOAD_CORE)})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -69,7 +83,7 @@ class Proxy:
     """So slow (LiteLLM) that one round of the long cells says enough, and saves minutes."""
 
 
-def fake_worker(tmp: Path, name: str, **options: object) -> tuple[Process, str]:
+def fake_worker(tmp: Path, name: str, **options: object) -> tuple[WorkerProcess, str]:
     worker = WorkerProcess(tmp, name, cores=LOAD_CORE, **options)
     worker.start()
     return worker, worker.url

@@ -12,8 +12,6 @@ alike; medians of the rounds are reported. Cells:
 
 from __future__ import annotations
 
-import os
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -21,24 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from balancer.fakes.processes import Process, WorkerProcess
 from bench import peers, streams
 from bench.client import own_cpu_seconds
 from bench.harness import (
-    LOAD_CORE,
-    Process,
     Proxy,
     WrkResult,
     balancer,
     cpu_seconds,
     fake_worker,
+    on_load_core,
     register,
     tree,
     wrk,
 )
 from bench.open_loop import open_loop
+from bench.streams import PATH, median, minus
 
 BODY = '{"model":"bench","messages":[{"role":"user","content":"hello, how are you?"}]}'
-PATH = "/v1/chat/completions"
 REQUEST_CELLS = ((0.0, 16), (0.0, 64), (0.05, 16), (0.05, 64))
 TAIL_CELL = (0.05, 64)
 BASELINE_CELL = "0 ms upstream, 16 conns"
@@ -126,73 +124,80 @@ class Results:
 def run(tmp: Path, plan: Plan | None = None) -> Results:
     plan = plan or Plan()
     procs: list[Process] = []
-    affinity = os.sched_getaffinity(0)
     # The clients of the open-loop and stream cells run in this process: they are load.
-    os.sched_setaffinity(0, {int(LOAD_CORE)})
-    try:
-        w1, url1 = fake_worker(tmp, "w1")
-        w2, url2 = fake_worker(tmp, "w2")
-        procs += [w1, w2]
-        worker_urls = [url1, url2]
-        load_pids = [w1.pid, w2.pid]
-        started = peers.start(tmp, worker_urls, [n for n in peers.PEERS if plan.wants(n)])
-        procs += started.processes
-        lb, lb_url = balancer(tmp)
-        procs.append(lb)
-        register(lb_url, "bench", worker_urls, strategy="least_latency")
-        proxies = [
-            Proxy("direct", url1, [], direct_urls=worker_urls),
-            *started.proxies,
-            Proxy("balancer", lb_url, [lb.pid]),
-        ]
-        if plan.wants(TWO_PROCESSES):
-            # Two processes need two cores: this one shares core 1 with the load and the workers.
-            lb2, lb2_url = balancer(tmp, name="balancer-x2", processes=2, cores="0,1")
-            procs.append(lb2)
-            time.sleep(1.5)  # both processes have loaded the registry
-            register(lb2_url, "bench", worker_urls, strategy="least_latency")
-            time.sleep(1.5)  # ... and seen the registration
-            proxies.append(Proxy(TWO_PROCESSES, lb2_url, tree(lb2.pid)))
-        results = Results(plan, [p.name for p in proxies], started.versions, started.unavailable)
-        _warm_up(proxies, tmp, worker_urls, load_pids, results.failures)
-        _request_cells(proxies, plan, tmp, worker_urls, load_pids, results)
-        baseline = {r.proxy: r.cpu_us for r in results.requests if r.cell == BASELINE_CELL}
-        one_core = [p for p in proxies if p.name != TWO_PROCESSES]
-        slow = {p.name for p in proxies if p.slow}
-        for cell in streams.CELLS:
-            if cell.key not in plan.cells:
-                continue
-            streams.prepare(cell, worker_urls)
-            seconds = plan.saturation_seconds if cell is streams.SATURATION else plan.stream_seconds
-            samples = _interleave(
-                one_core,
-                plan.side_rounds if cell is streams.SATURATION else plan.rounds,
-                cell.label,
-                results.failures,
-                lambda p, c=cell, s=seconds: streams.sample(  # type: ignore[misc]
-                    p, c, seconds=s, load_pids=load_pids, cpu_us_per_request=baseline.get(p.name)
-                ),
-                # A direct call is only a baseline, and a slow proxy's figures are far apart
-                # from the others': once is enough.
-                once={"direct", *slow},
+    with on_load_core():
+        try:
+            w1, url1 = fake_worker(tmp, "w1")
+            w2, url2 = fake_worker(tmp, "w2")
+            workers = [w1, w2]
+            procs += workers
+            worker_urls = [url1, url2]
+            load_pids = [w1.pid, w2.pid]
+            started = peers.start(tmp, worker_urls, [n for n in peers.PEERS if plan.wants(n)])
+            procs += started.processes
+            lb, lb_url = balancer(tmp)
+            procs.append(lb)
+            register(lb_url, "bench", worker_urls, strategy="least_latency")
+            proxies = [
+                Proxy("direct", url1, [], direct_urls=worker_urls),
+                *started.proxies,
+                Proxy("balancer", lb_url, [lb.pid]),
+            ]
+            if plan.wants(TWO_PROCESSES):
+                # Two processes need two cores: this one shares core 1 with load and workers.
+                lb2, lb2_url = balancer(tmp, name="balancer-x2", processes=2, cores="0,1")
+                procs.append(lb2)
+                time.sleep(1.5)  # both processes have loaded the registry
+                register(lb2_url, "bench", worker_urls, strategy="least_latency")
+                time.sleep(1.5)  # ... and seen the registration
+                proxies.append(Proxy(TWO_PROCESSES, lb2_url, tree(lb2.pid)))
+            results = Results(
+                plan, [p.name for p in proxies], started.versions, started.unavailable
             )
-            results.streams[cell.key] = streams.rows(cell, samples)
-        return results
-    finally:
-        for proc in reversed(procs):
-            proc.stop()
-        os.sched_setaffinity(0, affinity)
+            _warm_up(proxies, tmp, workers, load_pids, results.failures)
+            _request_cells(proxies, plan, tmp, workers, load_pids, results)
+            baseline = {r.proxy: r.cpu_us for r in results.requests if r.cell == BASELINE_CELL}
+            one_core = [p for p in proxies if p.name != TWO_PROCESSES]
+            slow = {p.name for p in proxies if p.slow}
+            for cell in streams.CELLS:
+                if cell.key not in plan.cells:
+                    continue
+                streams.prepare(cell, workers)
+                seconds = (
+                    plan.saturation_seconds if cell is streams.SATURATION else plan.stream_seconds
+                )
+                samples = _interleave(
+                    one_core,
+                    plan.side_rounds if cell is streams.SATURATION else plan.rounds,
+                    cell.label,
+                    results.failures,
+                    lambda p, c=cell, s=seconds: streams.sample(  # type: ignore[misc]
+                        p,
+                        c,
+                        seconds=s,
+                        load_pids=load_pids,
+                        cpu_us_per_request=baseline.get(p.name),
+                    ),
+                    # A direct call is only a baseline, and a slow proxy's figures are far apart
+                    # from the others': once is enough.
+                    once={"direct", *slow},
+                )
+                results.streams[cell.key] = streams.rows(cell, samples)
+            return results
+        finally:
+            for proc in reversed(procs):
+                proc.stop()
 
 
 def _warm_up(
     proxies: list[Proxy],
     tmp: Path,
-    worker_urls: list[str],
+    workers: list[WorkerProcess],
     load_pids: list[int],
     failures: list[str],
 ) -> None:
     """Fill every proxy's connection pools, and run its streaming path once."""
-    streams.prepare(streams.SHORT, worker_urls)
+    streams.prepare(streams.SHORT, workers)
     for proxy in proxies:
         try:
             wrk(proxy.url + PATH, BODY, connections=64, seconds=1, tmp=tmp, headers=proxy.headers)
@@ -205,17 +210,18 @@ def _request_cells(
     proxies: list[Proxy],
     plan: Plan,
     tmp: Path,
-    worker_urls: list[str],
+    workers: list[WorkerProcess],
     load_pids: list[int],
     results: Results,
 ) -> None:
-    cells = REQUEST_CELLS if "requests" in plan.cells else ()
+    cells: tuple[tuple[float, int], ...] = REQUEST_CELLS if "requests" in plan.cells else ()
     if not cells and set(plan.cells) - {"requests", "open-loop"}:
         cells = ((0.0, 16),)  # the stream cells' CPU per chunk needs the CPU per request
     if "open-loop" in plan.cells and TAIL_CELL not in cells:
         cells = (*cells, TAIL_CELL)
     for latency, connections in cells:
-        streams.set_workers(worker_urls, latency=latency, chunks=8, chunk_delay=0.0)
+        for worker in workers:
+            worker.control(latency=latency, chunks=8, chunk_delay=0.0)
         label = f"{int(latency * 1000)} ms upstream, {connections} conns"
         tail = (latency, connections) == TAIL_CELL
         seconds = plan.tail_seconds if tail else plan.request_seconds
@@ -231,15 +237,15 @@ def _request_cells(
             RequestRow(
                 label,
                 name,
-                *(_median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy")),
+                **{k: median(runs, k) for k in ("rps", "p50_ms", "p99_ms", "cpu_us", "load_busy")},
                 errors=sum(r["errors"] for r in runs),
             )
             for name, runs in samples.items()
         ]
         direct = rows[0]
         for row in rows:
-            row.added_p50_ms = _minus(row.p50_ms, direct.p50_ms)
-            row.added_p99_ms = _minus(row.p99_ms, direct.p99_ms)
+            row.added_p50_ms = minus(row.p50_ms, direct.p50_ms)
+            row.added_p99_ms = minus(row.p99_ms, direct.p99_ms)
         results.requests += rows
         if tail and "open-loop" in plan.cells:
             results.open_loop = _open_loop_cell(proxies, plan, load_pids, results.failures)
@@ -279,14 +285,14 @@ def _open_loop_cell(
         OpenLoopRow(
             name,
             plan.open_loop_rate,
-            *(_median(runs, k) for k in keys),
+            **{k: median(runs, k) for k in keys},
             errors=sum(r["errors"] for r in runs),
             unanswered=sum(r["unanswered"] for r in runs),
         )
         for name, runs in samples.items()
     ]
     for row in rows:
-        row.added_p99_ms = _minus(row.p99_ms, rows[0].p99_ms)
+        row.added_p99_ms = minus(row.p99_ms, rows[0].p99_ms)
     return rows
 
 
@@ -363,15 +369,6 @@ def _settle(proxy: Proxy, *, limit: float = 5.0) -> None:
         time.sleep(0.05)
         if cpu_seconds(proxy.pids) - before < 0.005:
             return
-
-
-def _median(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return statistics.median(values) if values else None
-
-
-def _minus(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
 
 
 def main() -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 
 from balancer.fakes.processes import BalancerProcess, Process, RedisProcess
+from bench.client import percentile
 from bench.harness import fake_worker
 
 POLL_SECONDS = 0.0005
@@ -34,8 +35,7 @@ class Replication:
 
     @property
     def p99_ms(self) -> float:
-        ordered = sorted(self.seconds)
-        return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))] * 1000
+        return percentile(self.seconds, 99) * 1000
 
     @property
     def max_ms(self) -> float:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import os
 import random
 import sys
 import tempfile
@@ -38,10 +37,12 @@ import httpx
 import orjson
 
 from balancer.fakes.processes import WorkerProcess
+from balancer.forwarding import sse
 from bench import peers
 from bench.client import Connection, Target, percentile
 from bench.client import run as run_loop
-from bench.harness import LOAD_CORE, balancer, register
+from bench.harness import LOAD_CORE, balancer, on_load_core, register
+from bench.report import fmt, table
 
 ENGINES = 4
 ENGINE: dict[str, Any] = {
@@ -230,16 +231,18 @@ class _Answer:
 
     def on_body(self, piece: bytes) -> None:
         self.buffer += piece
-        while (end := self.buffer.find(b"\n\n")) >= 0:
-            event, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
-            for line in event.split(b"\n"):
-                data = line[5:].strip() if line.startswith(b"data:") else b""
-                if not data or data == b"[DONE]":
-                    continue
-                for choice in orjson.loads(data).get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content")
-                    if text:
-                        self._token(text)
+        whole = sse.whole_events_length(self.buffer)
+        if not whole:
+            return
+        events, self.buffer = self.buffer[:whole], self.buffer[whole:]
+        for event in sse.split_events(events):
+            data = sse.event_data(event)
+            if not data or data == b"[DONE]":
+                continue
+            for choice in orjson.loads(data).get("choices") or ():
+                text = (choice.get("delta") or {}).get("content")
+                if text:
+                    self._token(text)
 
     def _token(self, text: str) -> None:
         now = time.perf_counter()
@@ -389,56 +392,47 @@ def run(
     policies: tuple[Policy, ...] = POLICIES,
     workloads: tuple[Workload, ...] = WORKLOADS,
 ) -> Results:
-    affinity = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {int(LOAD_CORE)})  # the client shares the load core with the engines
-    fleet = Fleet(tmp)
-    lb, lb_url = balancer(tmp, name="balancer-routing")
-    rows: list[Row] = []
-    versions: dict[str, str] = {}
-    try:
-        for workload in workloads:
-            for policy in policies:
-                print(f"  routing {workload.key}: {policy.name}", file=sys.stderr, flush=True)
-                if policy.peer is None:
-                    model = f"routing-{workload.key.lower()}-{policy.strategy}"
-                    # The engines answer to any model name: no name to rewrite on the way back.
-                    register(
-                        lb_url, model, fleet.urls, strategy=policy.strategy, upstream_model=model
-                    )
-                    url = f"{lb_url}/v1/chat/completions"
-                    rows.append(_measure(fleet, url, model, workload, policy, plan))
-                    continue
-                try:
-                    launch = peers.vllm_router(tmp, fleet.urls, policy.strategy)
-                    versions[launch.name] = launch.version
-                    launch.process.start(launch.start_timeout)
-                except (peers.PeerUnavailable, RuntimeError) as exc:
-                    rows.append(Row(workload.key, policy.name, note=str(exc).split("\n")[0]))
-                    continue
-                try:
-                    url = f"{launch.url}/v1/chat/completions"
-                    rows.append(_measure(fleet, url, "fake-model", workload, policy, plan))
-                finally:
-                    launch.process.stop()
-    finally:
-        lb.stop()
-        fleet.stop()
-        os.sched_setaffinity(0, affinity)
+    with on_load_core():  # the client shares the load core with the engines
+        fleet = Fleet(tmp)
+        lb, lb_url = balancer(tmp, name="balancer-routing")
+        rows: list[Row] = []
+        versions: dict[str, str] = {}
+        try:
+            for workload in workloads:
+                for policy in policies:
+                    print(f"  routing {workload.key}: {policy.name}", file=sys.stderr, flush=True)
+                    if policy.peer is None:
+                        model = f"routing-{workload.key.lower()}-{policy.strategy}"
+                        # The engines answer to any model name: no name to rewrite on the way back.
+                        register(
+                            lb_url,
+                            model,
+                            fleet.urls,
+                            strategy=policy.strategy,
+                            upstream_model=model,
+                        )
+                        url = f"{lb_url}/v1/chat/completions"
+                        rows.append(_measure(fleet, url, model, workload, policy, plan))
+                        continue
+                    try:
+                        launch = peers.vllm_router(tmp, fleet.urls, policy.strategy)
+                        versions[launch.name] = launch.version
+                        launch.process.start(launch.start_timeout)
+                    except (peers.PeerUnavailable, RuntimeError) as exc:
+                        rows.append(Row(workload.key, policy.name, note=str(exc).split("\n")[0]))
+                        continue
+                    try:
+                        url = f"{launch.url}/v1/chat/completions"
+                        rows.append(_measure(fleet, url, "fake-model", workload, policy, plan))
+                    finally:
+                        launch.process.stop()
+        finally:
+            lb.stop()
+            fleet.stop()
     return Results(plan, workloads, rows, versions)
 
 
-# The report (bench/report.py's helpers would bring the proxy benchmark's modules along).
-
-
-def fmt(value: float | None) -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return "∞" if math.isinf(value) else f"{value:,.0f}"
-
-
-def table(columns: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|---|" + "---:|" * (len(columns) - 1)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+# The report.
 
 
 def _row(workload: str, policy: str, rows: list[Row]) -> Row | None:

@@ -19,7 +19,8 @@ from bench.harness import (
     rss_bytes,
     wrk,
 )
-from bench.overhead import BODY, PATH
+from bench.overhead import BODY
+from bench.streams import PATH
 
 
 @dataclass

@@ -204,6 +204,7 @@ if __name__ == "__main__":
 def live(tmp: Path, *, seconds: float = 9.0, rate: float = 60.0) -> list[Result]:
     """The same five kinds of worker, as fake worker processes at a smaller scale, under an
     open-loop Poisson load through a real balancer: confirms the simulation's ranking."""
+    from balancer.fakes.processes import Process
     from bench.harness import balancer, fake_worker, register
 
     base = 0.02
@@ -214,12 +215,13 @@ def live(tmp: Path, *, seconds: float = 9.0, rate: float = 60.0) -> list[Result]
         "degrades-5x": {"latency": base},
         "fails-20pct": {"latency": base, "fail_rate": 0.2},
     }
-    procs, urls = [], {}
+    procs: list[Process] = []
+    urls = {}
     results = []
     try:
         for name, options in specs.items():
-            proc, url = fake_worker(tmp, name, **options)
-            procs.append(proc)
+            worker, url = fake_worker(tmp, name, **options)
+            procs.append(worker)
             urls[name] = url
         httpx.post(urls["fails-20pct"] + "/_control", json={"fail_fast": True}).raise_for_status()
         lb, lb_url = balancer(tmp, name="balancer-live")

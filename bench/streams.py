@@ -11,8 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
+from balancer.fakes.processes import WorkerProcess
 from bench import sse_client
 from bench.harness import Proxy
 
@@ -76,13 +75,9 @@ class StreamRow:
     added_gap_p99_ms: float | None = None
 
 
-def set_workers(worker_urls: list[str], **behaviour: float) -> None:
-    for url in worker_urls:
-        httpx.post(url + "/_control", json=behaviour, timeout=5).raise_for_status()
-
-
-def prepare(cell: StreamCell, worker_urls: list[str]) -> None:
-    set_workers(worker_urls, latency=0.0, chunks=cell.chunks, chunk_delay=cell.chunk_delay)
+def prepare(cell: StreamCell, workers: list[WorkerProcess]) -> None:
+    for worker in workers:
+        worker.control(latency=0.0, chunks=cell.chunks, chunk_delay=cell.chunk_delay)
 
 
 def sample(
@@ -144,8 +139,8 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
             StreamRow(
                 cell.key,
                 name,
-                *(
-                    _median(runs, key)
+                **{
+                    key: median(runs, key)
                     for key in (
                         "streams_per_second",
                         "chunks_per_second",
@@ -157,7 +152,7 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
                         "proxy_busy",
                         "load_busy",
                     )
-                ),
+                },
                 errors=sum(r["errors"] for r in runs),
                 notes=_notes(runs),
             )
@@ -165,8 +160,8 @@ def rows(cell: StreamCell, samples: dict[str, list[dict[str, Any]]]) -> list[Str
     direct = next((r for r in out if r.proxy == "direct"), None)
     for row in out:
         if direct is not None:
-            row.added_ttft_ms = _minus(row.ttft_ms, direct.ttft_ms)
-            row.added_gap_p99_ms = _minus(row.gap_p99_ms, direct.gap_p99_ms)
+            row.added_ttft_ms = minus(row.ttft_ms, direct.ttft_ms)
+            row.added_gap_p99_ms = minus(row.gap_p99_ms, direct.gap_p99_ms)
     return out
 
 
@@ -181,10 +176,12 @@ def _notes(runs: list[dict[str, Any]]) -> str:
     return "; ".join(notes)
 
 
-def _median(runs: list[dict[str, Any]], key: str) -> float | None:
+def median(runs: list[dict[str, Any]], key: str) -> float | None:
+    """The median of one figure over a proxy's runs, those without it left out."""
     values = [r[key] for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
 
 
-def _minus(a: float | None, b: float | None) -> float | None:
+def minus(a: float | None, b: float | None) -> float | None:
+    """What a figure adds over another (over a direct call's), if both were measured."""
     return None if a is None or b is None else a - b

@@ -20,11 +20,18 @@ from prometheus_client.registry import Collector
 from starlette.types import Receive, Scope, Send
 
 from balancer.fakes.engine import Engine, EngineConfig, Request, TooLong
-from balancer.fakes.worker import _SSE, Behaviour, FakeWorker, _read_body, _reply
+from balancer.fakes.worker import (
+    _PROMETHEUS,
+    _SSE,
+    Behaviour,
+    FakeWorker,
+    _invalid,
+    _read_body,
+    _reply,
+)
 
 MODEL = "fake-model"
 ANSWER = "the quick brown fox jumps over the lazy dog"
-_PROMETHEUS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
 
 def render_chat(messages: list[Any]) -> list[str]:
@@ -277,7 +284,3 @@ def _usage(request: Request) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": request.cached_tokens},
     }
-
-
-async def _invalid(send: Send, message: str) -> None:
-    await _reply(send, 400, {"error": {"message": message, "type": "invalid_request_error"}})

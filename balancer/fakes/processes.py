@@ -24,8 +24,8 @@ def free_port() -> int:
 
 
 class Process:
-    """A child process, its output in `log`; pinned to `cores` (taskset) when given. It is up
-    once `ready_url` answers below 500."""
+    """A child process, its output in `log`; pinned to `cores` (taskset) when given. When it has
+    a `ready_url`, `start` waits until it `answers()`."""
 
     def __init__(
         self,
@@ -58,20 +58,25 @@ class Process:
             self.wait_until_up(timeout)
 
     def wait_until_up(self, timeout: float = 20.0) -> None:
-        assert self.proc is not None and self.ready_url is not None
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.args} exited with {self.proc.returncode}:\n{self.tail()}"
                 )
-            try:
-                if httpx.get(self.ready_url, timeout=1.0).status_code < 500:
-                    return
-            except httpx.TransportError:
-                pass
+            if self.answers():
+                return
             time.sleep(0.05)
         raise RuntimeError(f"{self.ready_url} did not come up in {timeout}s:\n{self.tail()}")
+
+    def answers(self) -> bool:
+        """It serves: `ready_url` answers a GET below 500."""
+        assert self.ready_url is not None
+        try:
+            return httpx.get(self.ready_url, timeout=1.0).status_code < 500
+        except httpx.TransportError:
+            return False
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:]
@@ -210,24 +215,11 @@ class RedisProcess(Process):
         args = ["redis-server", "--bind", HOST, "--port", str(self.port), "--dir", str(data)]
         args += ["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
         args += ["--protected-mode", "no", "--daemonize", "no"]
-        super().__init__(args, tmp / f"{name}-{self.port}.log")
+        super().__init__(args, tmp / f"{name}-{self.port}.log", ready_url=self.url)
 
     @property
     def url(self) -> str:
         return f"redis://{HOST}:{self.port}/0"
-
-    def start(self, timeout: float = 20.0) -> None:
-        self.spawn()
-        deadline = time.monotonic() + timeout
-        while not self.answers():
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server exited with {self.proc.returncode}:\n{self.tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not come up in {timeout}s:\n{self.tail()}")
-            time.sleep(0.05)
 
     def answers(self) -> bool:
         """It answers PING (and has loaded its data: until then it answers LOADING)."""

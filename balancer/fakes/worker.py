@@ -23,7 +23,7 @@ import json
 import random
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, AnyStr
 
 import orjson
 from python_multipart.multipart import parse_form
@@ -33,6 +33,7 @@ from balancer.forwarding import sse
 
 _JSON = [(b"content-type", b"application/json")]
 _SSE = [(b"content-type", sse.CONTENT_TYPE.encode()), (b"cache-control", b"no-cache")]
+_PROMETHEUS = [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")]
 
 
 @dataclass(slots=True)
@@ -119,13 +120,7 @@ class FakeWorker:
             await self._control(send, body)
             return
         if path == "/metrics" and method == "GET" and b.metrics:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
-                }
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": _PROMETHEUS})
             await send({"type": "http.response.body", "body": b.metrics.encode()})
             return
         if path == "/_stats":
@@ -187,18 +182,7 @@ class FakeWorker:
     async def _chat(self, request: dict[str, Any], send: Send) -> None:
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages or not isinstance(messages[-1], dict):
-            # A 400, as real servers answer: a 500 would charge this worker for the caller's
-            # mistake (and a fuzzer's requests could eject it).
-            await _reply(
-                send,
-                400,
-                {
-                    "error": {
-                        "message": "messages is required",
-                        "type": "invalid_request_error",
-                    }
-                },
-            )
+            await _invalid(send, "messages is required")
             return
         content = request["messages"][-1].get("content", "")
         prompt = content if isinstance(content, str) else orjson.dumps(content).decode()
@@ -269,9 +253,7 @@ class FakeWorker:
     ) -> None:
         b = self.behaviour
         await send({"type": "http.response.start", "status": 200, "headers": _SSE})
-        n = max(1, b.chunks)
-        step = -(-len(text) // n) or 1
-        pieces = [text[i : i + step] for i in range(0, len(text), step)] or [""]
+        pieces = _pieces(text, b.chunks)
         created = int(time.time())
         options = request.get("stream_options")
         with_usage = isinstance(options, dict) and bool(options.get("include_usage"))
@@ -354,14 +336,7 @@ class FakeWorker:
     async def _text(self, request: dict[str, Any], send: Send) -> None:
         prompt = request.get("input", request.get("prompt", ""))
         text = self.answer(prompt if isinstance(prompt, str) else orjson.dumps(prompt).decode())
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"text/plain; charset=utf-8")],
-            }
-        )
-        await send({"type": "http.response.body", "body": text.encode()})
+        await _text_reply(send, text)
 
     async def _generate(self, request: dict[str, Any], send: Send) -> None:
         prompt = request.get("input", request.get("prompt", ""))
@@ -548,11 +523,7 @@ class FakeWorker:
     async def _transcription(self, request: dict[str, Any], send: Send) -> None:
         audio = request.get("file")
         if not isinstance(audio, dict):
-            await _reply(
-                send,
-                400,
-                {"error": {"message": "file is required", "type": "invalid_request_error"}},
-            )
+            await _invalid(send, "file is required")
             return
         text = self.answer(f"heard {len(audio['content'])} bytes of {audio['filename']}")
         if request.get("response_format") == "text":
@@ -586,14 +557,13 @@ class FakeWorker:
         await send(
             {"type": "http.response.start", "status": 200, "headers": [(b"content-type", kind)]}
         )
-        step = -(-len(audio) // max(1, b.chunks))
-        for index, start in enumerate(range(0, len(audio), step)):
+        pieces = _pieces(audio, b.chunks)
+        for index, chunk in enumerate(pieces):
             if index == b.break_after:
                 raise ConnectionAbortedError(f"{b.name} breaks the stream on purpose")
             if index and b.chunk_delay:
                 await asyncio.sleep(b.chunk_delay)
-            more = start + step < len(audio)
-            chunk = audio[start : start + step]
+            more = index < len(pieces) - 1
             await send({"type": "http.response.body", "body": chunk, "more_body": more})
 
     async def _rerank(self, request: dict[str, Any], send: Send) -> None:
@@ -696,9 +666,10 @@ def _response_object(
     }
 
 
-def _pieces(text: str, chunks: int) -> list[str]:
+def _pieces(text: AnyStr, chunks: int) -> list[AnyStr]:
+    """`text` (or audio) cut into `chunks` pieces as even as can be; one empty piece if empty."""
     step = -(-len(text) // max(1, chunks)) or 1
-    return [text[i : i + step] for i in range(0, len(text), step)] or [""]
+    return [text[i : i + step] for i in range(0, len(text), step)] or [text[:0]]
 
 
 def _picture(text: str) -> str:
@@ -813,6 +784,12 @@ async def _reply(
         }
     )
     await send({"type": "http.response.body", "body": orjson.dumps(obj)})
+
+
+async def _invalid(send: Send, message: str) -> None:
+    """A 400 in OpenAI's shape, as real servers answer a malformed request: a 500 would charge
+    the worker for the caller's mistake (and a fuzzer's requests could eject it)."""
+    await _reply(send, 400, {"error": {"message": message, "type": "invalid_request_error"}})
 
 
 async def _text_reply(send: Send, text: str) -> None:
