@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from balancer.fakes.processes import RedisProcess
 from tests.inprocess import InProcess, in_process
+
+if TYPE_CHECKING:
+    import openai
 
 
 @pytest.fixture
@@ -39,6 +43,12 @@ async def lb() -> AsyncIterator[InProcess]:
     """A balancer with default settings, in-process, in front of in-process fake workers."""
     async with in_process() as started:
         yield started
+
+
+@pytest.fixture
+def sdk(lb: InProcess) -> openai.AsyncOpenAI:
+    """The openai SDK, calling `lb`'s /v1."""
+    return lb.sdk()
 
 
 @pytest.fixture(scope="session")

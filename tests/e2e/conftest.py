@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
@@ -42,6 +43,11 @@ def health_of(client: httpx.Client, model: str, worker: str) -> dict[str, Any]:
     workers = client.get("/api/server/health").json()["data"][model]["workers"]
     found: dict[str, Any] = next(w for w in workers if w["id"] == worker)
     return found
+
+
+def openai_sdk(balancer: BalancerProcess) -> openai.OpenAI:
+    """The openai SDK, calling `balancer`'s /v1 (no retries: each call is one request)."""
+    return openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0)
 
 
 def openai_registration(model: str, worker: WorkerProcess, **fields: Any) -> dict[str, Any]:
