@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,14 @@ from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from tests import inprocess
 
 _counter = itertools.count()
+
+
+def eventually(condition: Callable[[], bool], within: float, what: str = "") -> None:
+    """Wait until `condition` holds (probes, other processes); fail if not within `within` s."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {within}s" + (f": {what}" if what else "")
+        time.sleep(0.02)
 
 
 def unique_model(prefix: str = "m") -> str:

@@ -3,7 +3,6 @@ slots, and reports vLLM's metrics as vLLM does (read back with prometheus_client
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +10,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import WorkerProcess
+from tests.e2e.conftest import eventually
 
 SYSTEM = "you are a careful assistant who answers every question with precision and care " * 3
 
@@ -73,9 +73,7 @@ def test_requests_beyond_the_slots_wait_and_metrics_say_so(
                 assert found["vllm:num_requests_waiting"] == 1, found
                 assert 0 < found["vllm:kv_cache_usage_perc"] <= 1
         # The clients left: the engine frees their slot and place in the queue.
-        deadline = time.monotonic() + 10
-        while metrics(worker)["vllm:num_requests_running"] and time.monotonic() < deadline:
-            time.sleep(0.05)
+        eventually(lambda: not metrics(worker)["vllm:num_requests_running"], within=10)
         found = metrics(worker)
         assert found["vllm:num_requests_running"] == found["vllm:num_requests_waiting"] == 0
         assert found["vllm:kv_cache_usage_perc"] == 0

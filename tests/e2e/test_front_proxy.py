@@ -5,7 +5,6 @@ that stops costs no request."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from balancer.fakes.processes import (
     WorkerProcess,
     free_port,
 )
-from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.conftest import eventually, openai_registration, unique_model
 
 ROOT = Path(__file__).parents[2]
 TOKEN = "front-proxy-test-token"
@@ -83,11 +82,11 @@ def test_through_the_proxy_a_registration_reaches_both_replicas_and_streams_come
             "/api/server/register", json=openai_registration(model, workers[0]), headers=admin
         )
         assert reply.status_code == 200, reply.text
-        deadline = time.monotonic() + 5
-        for replica in replicas:
-            while not replica_lists(replica, model):
-                assert time.monotonic() < deadline, f"{replica.url} never listed {model}"
-                time.sleep(0.02)
+        eventually(
+            lambda: all(replica_lists(replica, model) for replica in replicas),
+            5,
+            f"every replica lists {model}",
+        )
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with client.stream("POST", "/v1/chat/completions", json=body) as stream:
             assert stream.status_code == 200
@@ -104,10 +103,7 @@ def test_a_replica_that_stops_costs_no_request(
     with httpx.Client(base_url=url, timeout=10) as client:
         registration = openai_registration(model, workers[1])
         assert client.post("/api/server/register", json=registration, headers=admin).is_success
-        deadline = time.monotonic() + 5
-        while not all(replica_lists(replica, model) for replica in replicas):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        eventually(lambda: all(replica_lists(replica, model) for replica in replicas), 5)
         replicas[1].stop()
         chat = {"input": "x", "model_name": model}
         statuses = [

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, RedisProcess, WorkerProcess
-from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.conftest import eventually, openai_registration, unique_model
 
 PROPAGATION = 1.0
 """The issue's promise: a change made on one replica is served by the others within this."""
@@ -76,25 +76,17 @@ def answered_by(balancer: BalancerProcess, model: str) -> str | None:
     return text.split("]")[0].removeprefix("[")
 
 
-def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Poll `condition`; fail if it does not hold within `within` seconds."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < within, f"not within {within}s: {what}"
-        time.sleep(0.01)
-
-
 def on_each(
     balancers: list[BalancerProcess],
     condition: Callable[[BalancerProcess], bool],
     within: float,
     what: str,
 ) -> None:
-    """`until` the condition holds on every one of `balancers`, timed from now."""
+    """`eventually` the condition holds on every one of `balancers`, timed from now."""
     start = time.monotonic()
     for balancer in balancers:
         left = within - (time.monotonic() - start)
-        until(partial(condition, balancer), left, f"{balancer.url}: {what}")
+        eventually(partial(condition, balancer), left, f"{balancer.url}: {what}")
 
 
 def readyz(balancer: BalancerProcess) -> dict[str, Any]:
@@ -156,7 +148,7 @@ def test_a_restarted_replica_comes_back_in_sync(
     ]
     for registration in registrations[:3]:
         assert register(a, registration).status_code == 200
-    until(lambda: len(listed(b, model)) == 3, PROPAGATION, "b has the first three")
+    eventually(lambda: len(listed(b, model)) == 3, PROPAGATION, "b has the first three")
 
     b.stop()
     # While b is away: two more on a, one of the first taken offline on c.
@@ -171,7 +163,7 @@ def test_a_restarted_replica_comes_back_in_sync(
     assert listed(restarted, model) == expected
     # And it follows the others again.
     assert register(c, registrations[5]).status_code == 200
-    until(lambda: len(listed(restarted, model)) == 5, PROPAGATION, "the restarted one follows")
+    eventually(lambda: len(listed(restarted, model)) == 5, PROPAGATION, "the restarted one follows")
 
 
 def test_a_redis_outage_under_load_fails_no_request_and_loses_no_registration(
