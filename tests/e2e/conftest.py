@@ -47,6 +47,12 @@ def register_openai(client: httpx.Client, model: str, url: str, **fields: Any) -
     return str(reply.json()["id"])
 
 
+def listed(client: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
+    """The model's workers in /api/server/workers, by id."""
+    rows = client.get("/api/server/workers", params={"model_name": model}).json()["data"]
+    return {row["id"]: row for row in rows}
+
+
 def health_of(client: httpx.Client, model: str, worker: str) -> dict[str, Any]:
     """The worker's row in /api/server/health."""
     workers = client.get("/api/server/health").json()["data"][model]["workers"]
@@ -90,6 +96,13 @@ def balancer(session_tmp: Path) -> Iterator[BalancerProcess]:
         yield proc
     finally:
         proc.stop()
+
+
+@pytest.fixture
+def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
+    """A client of the module's own `prober` balancer (each module that uses it defines one)."""
+    with prober.client() as client:
+        yield client
 
 
 @pytest.fixture

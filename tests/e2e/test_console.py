@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +15,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from tests.e2e.browser import Console, Load, start_chromium
-from tests.e2e.conftest import register_openai, unique_model
+from tests.e2e.conftest import listed, register_openai, unique_model
 
 PROBE_INTERVAL = 0.3
 PROBE_TIMEOUT = 0.5
@@ -51,21 +50,9 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
 
 
 @pytest.fixture
-def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
-    with prober.client() as client:
-        yield client
-
-
-@pytest.fixture
 def console(driver: WebDriver, prober: BalancerProcess) -> Console:
     driver.set_window_size(1280, 900)
     return Console(driver, prober.url).open()
-
-
-def listed(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
-    """The model's workers in the API's listing, by id."""
-    rows = api.get("/api/server/workers", params={"model_name": model}).json()["data"]
-    return {row["id"]: row for row in rows}
 
 
 def owners(api: httpx.Client, model: str) -> set[str]:

@@ -39,12 +39,6 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
         yield balancer
 
 
-@pytest.fixture
-def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
-    with prober.client() as client:
-        yield client
-
-
 def health_of(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
     data = api.get("/api/server/health").json()["data"][model]
     return {w["req_url_template"]: w for w in data["workers"]}
