@@ -55,12 +55,8 @@ def sdk(lb: InProcess) -> openai.AsyncOpenAI:
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A real redis-server (Debian's, installed by `scripts/install --system`) on a free
     loopback port, stopped by PID."""
-    server = RedisProcess(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
+    with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

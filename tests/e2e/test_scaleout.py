@@ -26,12 +26,8 @@ PROPAGATION = 1.0
 @pytest.fixture(scope="module")
 def redis_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A Redis of this module's own: a test stops and starts it."""
-    server = RedisProcess(tmp_path_factory.mktemp("scaleout-redis"))
-    server.start()
-    try:
+    with RedisProcess(tmp_path_factory.mktemp("scaleout-redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def replica(tmp: Path, redis: RedisProcess, name: str, port: int | None = None) -> BalancerProcess:
