@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from tests import inprocess
@@ -57,6 +58,36 @@ def health_of(client: httpx.Client, model: str, worker: str) -> dict[str, Any]:
     """The worker's row in /api/server/health."""
     workers = client.get("/api/server/health").json()["data"][model]["workers"]
     found: dict[str, Any] = next(w for w in workers if w["id"] == worker)
+    return found
+
+
+def metric_values(client: httpx.Client, name: str, **labels: str) -> list[float]:
+    """The samples of `name` with these labels, as Prometheus reads /metrics."""
+    text = client.get("/metrics").text
+    return [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    ]
+
+
+def metric(client: httpx.Client, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` with these labels (0 if there is none)."""
+    return sum(metric_values(client, name, **labels))
+
+
+def worker_metrics(worker: WorkerProcess) -> dict[str, float]:
+    """A simulated engine's /metrics (a 200 in text format), by sample name; each sample is of
+    the engine's one model, as vLLM labels them."""
+    reply = httpx.get(worker.url + "/metrics", timeout=5)
+    assert reply.status_code == 200
+    assert reply.headers["content-type"].startswith("text/plain")
+    found: dict[str, float] = {}
+    for family in text_string_to_metric_families(reply.text):
+        for sample in family.samples:
+            assert sample.labels["model_name"] == "fake-model"
+            found[sample.name] = sample.value
     return found
 
 

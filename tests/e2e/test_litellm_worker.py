@@ -13,8 +13,8 @@ import pytest
 from openai.types.responses import ResponseCompletedEvent
 
 from balancer.fakes.processes import HOST, BalancerProcess, Process, WorkerProcess, free_port
-from tests.e2e.conftest import openai_sdk, unique_model
-from tests.e2e.test_streams import metric, metric_reaches, user
+from tests.e2e.conftest import metric, openai_sdk, unique_model
+from tests.e2e.test_streams import metric_reaches, user
 
 _INSTALLED = Path(__file__).parents[2] / ".venv-litellm" / "bin" / "litellm"
 LITELLM = os.environ.get("BALANCER_TEST_LITELLM") or (

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, RedisProcess, WorkerProcess
-from tests.e2e.conftest import eventually, openai_registration, unique_model
+from tests.e2e.conftest import eventually, metric_values, openai_registration, unique_model
 
 PROPAGATION = 1.0
 """The issue's promise: a change made on one replica is served by the others within this."""
@@ -93,11 +93,11 @@ def readyz(balancer: BalancerProcess) -> dict[str, Any]:
 
 
 def gauge(balancer: BalancerProcess, name: str) -> float:
-    """A metric without labels, from its /metrics."""
-    for line in httpx.get(f"{balancer.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name}")
+    """A metric without labels, from its /metrics; fails if it has none."""
+    with balancer.client() as client:
+        values = metric_values(client, name)
+    assert values, f"no {name}"
+    return sum(values)
 
 
 def replicas(balancer: BalancerProcess) -> float:

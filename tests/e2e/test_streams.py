@@ -12,11 +12,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from balancer.forwarding.openai_format import estimate_tokens
-from tests.e2e.conftest import openai_registration, openai_sdk, unique_model
+from tests.e2e.conftest import metric, openai_registration, openai_sdk, unique_model
 
 PLAIN: dict[str, Any] = {
     "spaced_json": False,
@@ -71,17 +70,6 @@ def register(client: httpx.Client, worker: WorkerProcess, **fields: Any) -> str:
 
 def user(content: str) -> list[Any]:
     return [{"role": "user", "content": content}]
-
-
-def metric(client: httpx.Client, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` with these labels, as Prometheus reads /metrics."""
-    text = client.get("/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def metric_reaches(
