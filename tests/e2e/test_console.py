@@ -14,8 +14,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.browser import Console, Load, start_chromium
+from tests.e2e.browser import Console, start_chromium
 from tests.e2e.conftest import listed, register_openai, unique_model
+from tests.e2e.load import Load, chat
 
 PROBE_INTERVAL = 0.3
 PROBE_TIMEOUT = 0.5
@@ -148,7 +149,7 @@ def test_a_worker_killed_under_load_turns_ejected_then_healthy_after_a_restart(
     register_openai(api, model, steady.url)
     console.wait(lambda: console.status(model, victim) == "healthy")
 
-    with Load(prober.url, model) as load:
+    with Load(prober.url, chat(model)) as load:
         load.wait_for(20)
         doomed.signal(signal.SIGKILL)
         doomed.wait()
@@ -225,7 +226,7 @@ def test_drain_under_steady_load_loses_no_request(
     register_openai(api, model, new.url)
     console.wait(lambda: console.status(model, retiring) == "healthy")
 
-    with Load(prober.url, model, clients=6) as load:
+    with Load(prober.url, chat(model), clients=6) as load:
         load.wait_for(30)
         console.button(model, retiring, "Drain").click()
         console.confirm()
