@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
 
 from balancer.fakes.processes import RedisProcess
 from tests.inprocess import InProcess, in_process
+
+if TYPE_CHECKING:
+    import openai
 
 
 @pytest.fixture
@@ -41,16 +45,18 @@ async def lb() -> AsyncIterator[InProcess]:
         yield started
 
 
+@pytest.fixture
+def sdk(lb: InProcess) -> openai.AsyncOpenAI:
+    """The openai SDK, calling `lb`'s /v1."""
+    return lb.sdk()
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A real redis-server (Debian's, installed by `scripts/install --system`) on a free
     loopback port, stopped by PID."""
-    server = RedisProcess(tmp_path_factory.mktemp("redis"))
-    server.start()
-    try:
+    with RedisProcess(tmp_path_factory.mktemp("redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -99,6 +99,22 @@ async def eventually(condition: Callable[[], bool], within: float = 2.0) -> None
         await asyncio.sleep(0.005)
 
 
+async def drain_while_in_flight(
+    lb: InProcess, model: str, url: str, *, stream: bool = False
+) -> asyncio.Task[httpx.Response]:
+    """One request in flight on the model's one worker (at `url`), then that worker drained;
+    returns the request, still pending."""
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    if stream:
+        body["stream"] = True
+    pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=body))
+    [worker] = lb.parts.registry.workers_of(model) or []
+    await eventually(lambda: worker.inflight == 1)
+    target = {"model_name": model, "req_url_template": f"{url}/v1"}
+    assert (await lb.client.post("/api/server/drain", json=target)).status_code == 200
+    return pending
+
+
 def template_registration(model: str, url: str) -> dict[str, Any]:
     """The OperateGPT seed's own registration shape, pointed at a fake worker."""
     return {

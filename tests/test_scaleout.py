@@ -44,8 +44,7 @@ async def test_an_unreachable_store_is_named_by_readyz_and_refuses_admin_writes(
             assert "store cannot be reached" in refused.json()["msg"]
             assert lb.sample("balancer_store_up") == 0
 
-            redis = RedisProcess(tmp_path, port=redis.port)
-            redis.start()
+            redis.start()  # the same port and data
             await eventually(lambda: lb.parts.follower.up, within=5.0)
             assert (await lb.client.get("/readyz")).json() == {"status": "ready"}
             assert lb.sample("balancer_store_up") == 1

@@ -4,12 +4,9 @@
 from __future__ import annotations
 
 import shutil
-import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -148,57 +145,3 @@ class Console:
                 field.clear()
                 field.send_keys(value)
         form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-
-
-class Load:
-    """Clients sending chat completions to `model` one after another, until stopped; every
-    answer's status is kept (no client retries: a lost request shows)."""
-
-    def __init__(self, url: str, model: str, clients: int = 4, *, stream: bool = False) -> None:
-        self.url = url
-        self.model = model
-        self.stream = stream
-        self.statuses: list[int] = []
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def add_clients(self, clients: int) -> None:
-        for _ in range(clients):
-            thread = threading.Thread(target=self._run, daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(30)
-
-    def _run(self) -> None:
-        body = {
-            "model": self.model,
-            "stream": self.stream,
-            "messages": [{"role": "user", "content": "hi"}],
-        }
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set():
-                try:
-                    reply = client.post("/v1/chat/completions", json=body)
-                    self.statuses.append(reply.status_code)
-                    if reply.status_code != 200:
-                        self.failures.append(reply.text)
-                except httpx.HTTPError as exc:
-                    self.statuses.append(0)
-                    self.failures.append(repr(exc))
-
-    def wait_for(self, answers: int, within: float = 10.0) -> None:
-        deadline = time.monotonic() + within
-        start = len(self.statuses)
-        while len(self.statuses) < start + answers:
-            assert time.monotonic() < deadline, f"{answers} answers not within {within}s"
-            time.sleep(0.02)

@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 from balancer.fakes.processes import BalancerProcess
-from tests.e2e.browser import Console, Load, start_chromium
+from tests.e2e.browser import Console, start_chromium
+from tests.e2e.load import Load, chat
 
 OUT = Path(__file__).parents[2] / "docs" / "console.png"
 
@@ -23,7 +24,7 @@ def main() -> None:
         balancer.start()
         driver = start_chromium(1280, 800)
         try:
-            with Load(balancer.url, "demo", clients=3, stream=True) as load:
+            with Load(balancer.url, chat("demo", stream=True), clients=3) as load:
                 console = Console(driver, balancer.url).open()
                 # A load that grows, so that the sparklines have a shape.
                 for _ in range(3):

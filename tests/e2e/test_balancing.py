@@ -4,7 +4,6 @@ tests/test_balancing.py."""
 
 import json
 import signal
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -14,48 +13,22 @@ import httpx
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.load import Load
 
 
-class Load:
-    """`clients` threads sending requests in a loop until stopped: a bounded, steady load."""
+def steady_load(url: str, model: str) -> Load:
+    """8 clients asking `model` through the OperateGPT API: a bounded, steady load."""
+    body = {"input": "load", "model_name": model}
+    return Load(url, body, path="/api/v1/chat/completions", clients=8, limit=5000)
 
-    def __init__(self, url: str, model: str, clients: int = 8, limit: int = 5000) -> None:
-        self.url, self.model = url, model
-        self.results: list[tuple[float, int, str]] = []  # (time, status, answer or error)
-        self._stop = threading.Event()
-        self._limit = limit
-        self._threads = [threading.Thread(target=self._run) for _ in range(clients)]
 
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30) as client:
-            while not self._stop.is_set() and len(self.results) < self._limit:
-                reply = client.post(
-                    "/api/v1/chat/completions", json={"input": "load", "model_name": self.model}
-                )
-                body = reply.json()
-                self.results.append(
-                    (time.monotonic(), reply.status_code, body.get("result") or body.get("msg", ""))
-                )
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
-
-    def shares(self, since: float = 0.0) -> Counter[str]:
-        return Counter(
-            answer.split("]")[0].strip("[")
-            for t, status, answer in self.results
-            if t >= since and status == 200
-        )
-
-    def errors(self) -> list[tuple[float, int, str]]:
-        return [r for r in self.results if r[1] != 200]
+def shares(load: Load) -> Counter[str]:
+    """The 200 answers, by the worker that gave them (the fake worker's `[name]`)."""
+    return Counter(
+        json.loads(answer.text)["result"].split("]")[0].strip("[")
+        for answer in load.answers
+        if answer.status == 200
+    )
 
 
 def sse_content(text: str) -> str:
@@ -80,13 +53,13 @@ def test_a_worker_killed_mid_load_gives_zero_client_errors(
     victim, a, b = spawn("victim"), spawn("a"), spawn("b")
     for worker in (victim, a, b):
         register(client, model, worker, strategy="round_robin")
-    with Load(balancer.url, model) as load:
+    with steady_load(balancer.url, model) as load:
         time.sleep(1)
         victim.signal(signal.SIGKILL)
         time.sleep(2)
-    assert len(load.results) > 100
-    assert load.errors() == []
-    assert load.shares()["victim"] > 0  # it did serve before it failed
+    assert len(load.answers) > 100
+    assert load.failures == []
+    assert shares(load)["victim"] > 0  # it did serve before it failed
 
 
 def test_a_stream_that_fails_before_its_first_byte_fails_over(

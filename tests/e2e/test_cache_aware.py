@@ -8,10 +8,9 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import WorkerProcess
-from tests.e2e.conftest import register_openai, unique_model
+from tests.e2e.conftest import register_openai, unique_model, worker_metrics
 
 TENANTS = 8
 QUESTIONS = 10
@@ -21,14 +20,6 @@ def system_prompt(tenant: int) -> str:
     return f"You are the assistant of tenant {tenant}. " + " ".join(
         f"rule{tenant}-{i}" for i in range(200)
     )
-
-
-def hits_and_queries(worker: WorkerProcess) -> tuple[float, float]:
-    found = {}
-    for family in text_string_to_metric_families(httpx.get(worker.url + "/metrics").text):
-        for sample in family.samples:
-            found[sample.name] = sample.value
-    return found["vllm:prefix_cache_hits_total"], found["vllm:prefix_cache_queries_total"]
 
 
 def test_requests_sharing_a_long_prefix_go_to_one_worker_and_every_worker_gets_traffic(
@@ -68,6 +59,7 @@ def test_requests_sharing_a_long_prefix_go_to_one_worker_and_every_worker_gets_t
     # The engines' own counters agree: most prompt tokens were found in their caches.
     hits = queries = 0.0
     for engine in engines:
-        h, q = hits_and_queries(engine)
-        hits, queries = hits + h, queries + q
+        found = worker_metrics(engine)
+        hits += found["vllm:prefix_cache_hits_total"]
+        queries += found["vllm:prefix_cache_queries_total"]
     assert hits / queries > 0.7, (hits, queries)

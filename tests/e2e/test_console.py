@@ -6,7 +6,6 @@ from __future__ import annotations
 import secrets
 import signal
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import httpx
 import pytest
@@ -15,8 +14,9 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.browser import Console, Load, start_chromium
-from tests.e2e.conftest import register_openai, unique_model
+from tests.e2e.browser import Console, start_chromium
+from tests.e2e.conftest import listed, register_openai, unique_model
+from tests.e2e.load import Load, chat
 
 PROBE_INTERVAL = 0.3
 PROBE_TIMEOUT = 0.5
@@ -51,21 +51,9 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
 
 
 @pytest.fixture
-def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
-    with prober.client() as client:
-        yield client
-
-
-@pytest.fixture
 def console(driver: WebDriver, prober: BalancerProcess) -> Console:
     driver.set_window_size(1280, 900)
     return Console(driver, prober.url).open()
-
-
-def listed(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
-    """The model's workers in the API's listing, by id."""
-    rows = api.get("/api/server/workers", params={"model_name": model}).json()["data"]
-    return {row["id"]: row for row in rows}
 
 
 def owners(api: httpx.Client, model: str) -> set[str]:
@@ -161,7 +149,7 @@ def test_a_worker_killed_under_load_turns_ejected_then_healthy_after_a_restart(
     register_openai(api, model, steady.url)
     console.wait(lambda: console.status(model, victim) == "healthy")
 
-    with Load(prober.url, model) as load:
+    with Load(prober.url, chat(model)) as load:
         load.wait_for(20)
         doomed.signal(signal.SIGKILL)
         doomed.wait()
@@ -238,7 +226,7 @@ def test_drain_under_steady_load_loses_no_request(
     register_openai(api, model, new.url)
     console.wait(lambda: console.status(model, retiring) == "healthy")
 
-    with Load(prober.url, model, clients=6) as load:
+    with Load(prober.url, chat(model), clients=6) as load:
         load.wait_for(30)
         console.button(model, retiring, "Drain").click()
         console.confirm()

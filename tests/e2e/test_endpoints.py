@@ -16,7 +16,7 @@ import pytest
 from openai.types.responses import ResponseCompletedEvent
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.conftest import register_openai, unique_model
+from tests.e2e.conftest import openai_sdk, register_openai, unique_model
 
 AUDIO = b"RIFF" + bytes(range(256)) * 64
 
@@ -38,7 +38,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WorkerProce
 
 @pytest.fixture
 def sdk(balancer: BalancerProcess) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0) as client:
+    with openai_sdk(balancer) as client:
         yield client
 
 
@@ -168,11 +168,11 @@ def test_a_response_made_before_a_restart_is_continued_on_the_worker_that_holds_
             for worker in workers:
                 register_openai(client, "kept", worker.url, strategy="round_robin")
         # (Clients closed before a stop: a kept-alive connection would hold up the shutdown.)
-        with openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0) as sdk:
+        with openai_sdk(balancer) as sdk:
             made = [sdk.responses.create(model="kept", input=str(i)) for i in range(3)]
         balancer.stop()
         balancer.start()  # the same store: the workers are back, the responses' owners not
-        with openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0) as sdk:
+        with openai_sdk(balancer) as sdk:
             for first in made:
                 maker = first.output_text.split("]")[0] + "]"
                 for turn in range(2):

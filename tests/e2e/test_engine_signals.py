@@ -4,17 +4,15 @@ serving metrics text as vLLM writes it."""
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.conftest import register_openai, unique_model
+from tests.e2e.conftest import eventually, listed, register_openai, unique_model
 
 INTERVAL = 0.2
 
@@ -41,24 +39,6 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
         yield balancer
 
 
-@pytest.fixture
-def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
-    with prober.client() as client:
-        yield client
-
-
-def listing(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
-    rows = api.get("/api/server/workers").json()["data"]
-    return {row["id"]: row for row in rows if row["model_name"] == model}
-
-
-def wait_for(condition: Callable[[], bool], within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within}s"
-        time.sleep(0.05)
-
-
 def test_queue_depth_and_kv_cache_usage_appear_in_the_listing(
     api: httpx.Client, spawn: Callable[..., WorkerProcess]
 ) -> None:
@@ -67,8 +47,8 @@ def test_queue_depth_and_kv_cache_usage_appear_in_the_listing(
     plain = spawn("plain")  # no /metrics at all: unknown, and its probes do not fail for it
     engine_id = register_openai(api, model, engine.url)
     plain_id = register_openai(api, model, plain.url)
-    wait_for(lambda: listing(api, model)[engine_id]["queue_depth"] == 0)
-    assert listing(api, model)[engine_id]["kv_cache_usage"] == 0.0
+    eventually(lambda: listed(api, model)[engine_id]["queue_depth"] == 0, within=10)
+    assert listed(api, model)[engine_id]["kv_cache_usage"] == 0.0
     # Another client of the engine fills its only slot and its queue.
     body = {"model": "fake-model", "prompt": "a long story", "stream": True}
     with (
@@ -76,9 +56,9 @@ def test_queue_depth_and_kv_cache_usage_appear_in_the_listing(
         other.stream("POST", "/v1/completions", json=body),
         other.stream("POST", "/v1/completions", json=body),
     ):
-        wait_for(lambda: listing(api, model)[engine_id]["queue_depth"] == 2)
-        assert 0 < listing(api, model)[engine_id]["kv_cache_usage"] <= 1
-    rows = listing(api, model)
+        eventually(lambda: listed(api, model)[engine_id]["queue_depth"] == 2, within=10)
+        assert 0 < listed(api, model)[engine_id]["kv_cache_usage"] <= 1
+    rows = listed(api, model)
     assert rows[plain_id]["queue_depth"] is None and rows[plain_id]["kv_cache_usage"] is None
     assert {row["status"] for row in rows.values()} == {"healthy"}
 
@@ -93,8 +73,8 @@ def test_a_worker_whose_engine_reports_a_long_queue_gets_little_traffic(
     calm.control(metrics=VLLM_IDLE)
     ids = {w.name: register_openai(api, model, w.url, strategy=strategy) for w in (busy, calm)}
     register_openai(api, model, quiet.url, strategy=strategy)  # no /metrics: its own count only
-    wait_for(lambda: listing(api, model)[ids["busy"]]["queue_depth"] == 48)
-    wait_for(lambda: listing(api, model)[ids["calm"]]["queue_depth"] == 0)
+    eventually(lambda: listed(api, model)[ids["busy"]]["queue_depth"] == 48, within=10)
+    eventually(lambda: listed(api, model)[ids["calm"]]["queue_depth"] == 0, within=10)
 
     def ask(i: int) -> str:
         body = {"model": model, "messages": [{"role": "user", "content": f"q{i}"}]}

@@ -3,14 +3,13 @@ slots, and reports vLLM's metrics as vLLM does (read back with prometheus_client
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import WorkerProcess
+from tests.e2e.conftest import eventually, worker_metrics
 
 SYSTEM = "you are a careful assistant who answers every question with precision and care " * 3
 
@@ -21,18 +20,6 @@ def chat(user: str, **fields: Any) -> dict[str, Any]:
         "messages": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}],
         **fields,
     }
-
-
-def metrics(worker: WorkerProcess) -> dict[str, float]:
-    reply = httpx.get(worker.url + "/metrics", timeout=5)
-    assert reply.status_code == 200
-    assert reply.headers["content-type"].startswith("text/plain")
-    found: dict[str, float] = {}
-    for family in text_string_to_metric_families(reply.text):
-        for sample in family.samples:
-            assert sample.labels["model_name"] == "fake-model"
-            found[sample.name] = sample.value
-    return found
 
 
 def test_answers_stream_token_by_token_and_the_second_asking_hits_the_cache(
@@ -51,7 +38,7 @@ def test_answers_stream_token_by_token_and_the_second_asking_hits_the_cache(
         assert events[-1] == "data: [DONE]"
         assert len(events) == 4 + 3  # a token an event, the finish, the usage, [DONE]
         assert '"cached_tokens":32' in events[-2]  # two 16-token blocks of the system prompt
-    found = metrics(worker)
+    found = worker_metrics(worker)
     prompt = found["vllm:prompt_tokens_total"]
     assert found["vllm:prefix_cache_queries_total"] == prompt
     assert found["vllm:prefix_cache_hits_total"] == 32
@@ -68,15 +55,13 @@ def test_requests_beyond_the_slots_wait_and_metrics_say_so(
             lines = first.iter_lines()  # kept: a dropped generator closes the stream
             next(lines)  # running
             with client.stream("POST", "/v1/chat/completions", json=body):
-                found = metrics(worker)
+                found = worker_metrics(worker)
                 assert found["vllm:num_requests_running"] == 1, found
                 assert found["vllm:num_requests_waiting"] == 1, found
                 assert 0 < found["vllm:kv_cache_usage_perc"] <= 1
         # The clients left: the engine frees their slot and place in the queue.
-        deadline = time.monotonic() + 10
-        while metrics(worker)["vllm:num_requests_running"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        found = metrics(worker)
+        eventually(lambda: not worker_metrics(worker)["vllm:num_requests_running"], within=10)
+        found = worker_metrics(worker)
         assert found["vllm:num_requests_running"] == found["vllm:num_requests_waiting"] == 0
         assert found["vllm:kv_cache_usage_perc"] == 0
 

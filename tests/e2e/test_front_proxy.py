@@ -5,9 +5,9 @@ that stops costs no request."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -20,7 +20,7 @@ from balancer.fakes.processes import (
     WorkerProcess,
     free_port,
 )
-from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.conftest import eventually, openai_registration, unique_model
 
 ROOT = Path(__file__).parents[2]
 TOKEN = "front-proxy-test-token"
@@ -77,17 +77,8 @@ def test_through_the_proxy_a_registration_reaches_both_replicas_and_streams_come
 ) -> None:
     url, replicas = front
     model = unique_model("front")
-    admin = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=url, timeout=10) as client:
-        reply = client.post(
-            "/api/server/register", json=openai_registration(model, workers[0]), headers=admin
-        )
-        assert reply.status_code == 200, reply.text
-        deadline = time.monotonic() + 5
-        for replica in replicas:
-            while not replica_lists(replica, model):
-                assert time.monotonic() < deadline, f"{replica.url} never listed {model}"
-                time.sleep(0.02)
+        register_everywhere(client, replicas, openai_registration(model, workers[0]))
         body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "stream": True}
         with client.stream("POST", "/v1/chat/completions", json=body) as stream:
             assert stream.status_code == 200
@@ -100,20 +91,29 @@ def test_a_replica_that_stops_costs_no_request(
 ) -> None:
     url, replicas = front
     model = unique_model("front-stop")
-    admin = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=url, timeout=10) as client:
-        registration = openai_registration(model, workers[1])
-        assert client.post("/api/server/register", json=registration, headers=admin).is_success
-        deadline = time.monotonic() + 5
-        while not all(replica_lists(replica, model) for replica in replicas):
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
+        register_everywhere(client, replicas, openai_registration(model, workers[1]))
         replicas[1].stop()
         chat = {"input": "x", "model_name": model}
         statuses = [
             client.post("/api/v1/chat/completions", json=chat).status_code for _ in range(20)
         ]
     assert statuses == [200] * 20
+
+
+def register_everywhere(
+    client: httpx.Client, replicas: list[BalancerProcess], registration: dict[str, Any]
+) -> None:
+    """Register through the proxy (`client`), as the admin; wait until every replica lists it."""
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    reply = client.post("/api/server/register", json=registration, headers=admin)
+    assert reply.status_code == 200, reply.text
+    model = registration["model_name"]
+    eventually(
+        lambda: all(replica_lists(replica, model) for replica in replicas),
+        5,
+        f"every replica lists {model}",
+    )
 
 
 def replica_lists(replica: BalancerProcess, model: str) -> bool:

@@ -21,9 +21,8 @@ import orjson
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.conftest import register_openai, template_registration, unique_model
+from tests.e2e.conftest import metric, register_openai, template_registration, unique_model
 from tests.e2e.rawworker import Answer, completion, raw_worker
-from tests.e2e.test_streams import metric
 
 BODY_LIMIT = 64 * 1024
 ANSWER_LIMIT = 1024 * 1024

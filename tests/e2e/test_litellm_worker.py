@@ -13,8 +13,8 @@ import pytest
 from openai.types.responses import ResponseCompletedEvent
 
 from balancer.fakes.processes import HOST, BalancerProcess, Process, WorkerProcess, free_port
-from tests.e2e.conftest import unique_model
-from tests.e2e.test_streams import metric, metric_reaches, sdk, user
+from tests.e2e.conftest import metric, openai_sdk, unique_model
+from tests.e2e.test_streams import metric_reaches, user
 
 _INSTALLED = Path(__file__).parents[2] / ".venv-litellm" / "bin" / "litellm"
 LITELLM = os.environ.get("BALANCER_TEST_LITELLM") or (
@@ -76,7 +76,7 @@ def test_litellm_as_a_worker_streams_clean_named_and_metered(
     client: httpx.Client, balancer: BalancerProcess, litellm: str
 ) -> None:
     model = register_litellm(client, litellm)
-    openai_client = sdk(balancer)
+    openai_client = openai_sdk(balancer)
 
     chunks = list(
         openai_client.chat.completions.create(
@@ -100,7 +100,7 @@ def test_litellm_as_a_worker_serves_the_responses_api_streamed_metered_and_conti
     """LiteLLM writes its own response ids (it encodes its deployment in them) and its own
     event stream: the balancer relays both, renamed, and meters them."""
     model = register_litellm(client, litellm)
-    openai_client = sdk(balancer)
+    openai_client = openai_sdk(balancer)
     events = list(openai_client.responses.create(model=model, input="hello there", stream=True))
     last = events[-1]
     assert isinstance(last, ResponseCompletedEvent)

@@ -3,7 +3,6 @@ too), no line per probe, and a request id only on that request's own events."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,16 +11,9 @@ import httpx
 import orjson
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
-from tests.e2e.conftest import openai_registration
+from tests.e2e.conftest import eventually, openai_registration
 
 PROBE_EVENTS = ("worker_healthy", "worker_ejected", "worker_recovered")
-
-
-def wait_for(condition: Callable[[], bool], within: float) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within}s"
-        time.sleep(0.05)
 
 
 def status(api: httpx.Client, url: str) -> str:
@@ -52,7 +44,7 @@ def test_every_line_is_json_and_probes_carry_no_request_id(
                 json=openai_registration("m", worker),
                 headers={"X-Request-ID": "trace-register"},
             )
-            wait_for(lambda: status(api, url) == "healthy", within=3)
+            eventually(lambda: status(api, url) == "healthy", within=3)
             for i in range(5):
                 reply = api.post(
                     "/api/v1/chat/completions",
@@ -61,9 +53,9 @@ def test_every_line_is_json_and_probes_carry_no_request_id(
                 )
                 assert reply.status_code == 200
             worker.control(health_status=503)  # its probes fail: ejected, then back
-            wait_for(lambda: status(api, url) == "ejected", within=3)
+            eventually(lambda: status(api, url) == "ejected", within=3)
             worker.control(health_status=200)
-            wait_for(lambda: status(api, url) == "healthy", within=3)
+            eventually(lambda: status(api, url) == "healthy", within=3)
     finally:
         balancer.stop()
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from balancer.fakes.processes import HOST, BalancerProcess, WorkerProcess
-from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.conftest import eventually, openai_registration, unique_model
 
 INTERVAL = 0.5
 TIMEOUT = 0.4
@@ -39,25 +39,9 @@ def prober(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BalancerProcess
         yield balancer
 
 
-@pytest.fixture
-def api(prober: BalancerProcess) -> Iterator[httpx.Client]:
-    with prober.client() as client:
-        yield client
-
-
 def health_of(api: httpx.Client, model: str) -> dict[str, dict[str, Any]]:
     data = api.get("/api/server/health").json()["data"][model]
     return {w["req_url_template"]: w for w in data["workers"]}
-
-
-def wait_for(condition: Callable[[], bool], within: float) -> float:
-    """Seconds until `condition` held; fails if it did not within `within` seconds."""
-    started = time.monotonic()
-    while not condition():
-        elapsed = time.monotonic() - started
-        assert elapsed < within, f"not within {within}s"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def status(api: httpx.Client, model: str, worker: WorkerProcess) -> str:
@@ -75,11 +59,11 @@ def test_a_killed_worker_is_ejected_gets_no_traffic_and_comes_back(
     doomed, steady = spawn("doomed"), spawn("steady")
     for worker in (doomed, steady):
         api.post("/api/server/register", json=openai_registration(model, worker))
-    wait_for(lambda: {status(api, model, w) for w in (doomed, steady)} == {"healthy"}, within=3)
+    eventually(lambda: {status(api, model, w) for w in (doomed, steady)} == {"healthy"}, within=3)
 
     doomed.signal(signal.SIGKILL)
     doomed.wait()
-    wait_for(
+    eventually(
         lambda: status(api, model, doomed) == "ejected", within=INTERVAL * UNHEALTHY_THRESHOLD + 1
     )
     for _ in range(20):
@@ -88,7 +72,7 @@ def test_a_killed_worker_is_ejected_gets_no_traffic_and_comes_back(
         assert reply.headers["X-Balancer-Attempts"] == "1"  # the dead one was never tried
 
     doomed.start()  # same port
-    wait_for(
+    eventually(
         lambda: status(api, model, doomed) == "healthy", within=HEALTHY_THRESHOLD * INTERVAL / 2 + 1
     )
     answers = {ask(api, model).json()["result"] for _ in range(10)}
@@ -164,7 +148,7 @@ def test_a_worker_that_trickles_its_answer_fails_its_probes(api: httpx.Client) -
             json={"model_name": model, "api": "openai", "req_url_template": url},
         )
         assert reply.status_code == 200
-        wait_for(
+        eventually(
             lambda: health_of(api, model)[url]["status"] == "ejected",
             within=UNHEALTHY_THRESHOLD * (INTERVAL + TIMEOUT) + 3,
         )
@@ -199,7 +183,7 @@ def test_150_unreachable_workers_do_not_get_a_healthy_one_ejected(
         api = stack.enter_context(balancer.client())
         api.post("/api/server/register", json=openai_registration("live", healthy))
         live = f"{healthy.url}/v1"
-        wait_for(lambda: health_of(api, "live")[live]["status"] == "healthy", within=3)
+        eventually(lambda: health_of(api, "live")[live]["status"] == "healthy", within=3)
 
         def still_healthy() -> None:
             row = health_of(api, "live")[live]
@@ -219,7 +203,7 @@ def test_150_unreachable_workers_do_not_get_a_healthy_one_ejected(
             return bool(api.get("/api/server/health").json()["data"]["dead"]["ejected"] == CROWD)
 
         # Each of their probes ends at the probe timeout, trickled or not.
-        wait_for(all_dead_ejected, within=(UNHEALTHY_THRESHOLD + 2) * (CROWD_INTERVAL + TIMEOUT))
+        eventually(all_dead_ejected, within=(UNHEALTHY_THRESHOLD + 2) * (CROWD_INTERVAL + TIMEOUT))
         probed_at = health_of(api, "live")[live]["last_probe_at"]
         # Then several more intervals, the dead now probed twice as often.
         deadline = time.monotonic() + 3 * CROWD_INTERVAL

@@ -5,10 +5,10 @@ max_concurrency holds for the whole fleet."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from balancer.fakes.processes import BalancerProcess, RedisProcess, WorkerProcess
-from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.conftest import eventually, metric_values, openai_registration, unique_model
+from tests.e2e.load import Load
 
 PROPAGATION = 1.0
 """The issue's promise: a change made on one replica is served by the others within this."""
@@ -26,12 +27,8 @@ PROPAGATION = 1.0
 @pytest.fixture(scope="module")
 def redis_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisProcess]:
     """A Redis of this module's own: a test stops and starts it."""
-    server = RedisProcess(tmp_path_factory.mktemp("scaleout-redis"))
-    server.start()
-    try:
+    with RedisProcess(tmp_path_factory.mktemp("scaleout-redis")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 def replica(tmp: Path, redis: RedisProcess, name: str, port: int | None = None) -> BalancerProcess:
@@ -76,25 +73,17 @@ def answered_by(balancer: BalancerProcess, model: str) -> str | None:
     return text.split("]")[0].removeprefix("[")
 
 
-def until(condition: Callable[[], bool], within: float, what: str) -> None:
-    """Poll `condition`; fail if it does not hold within `within` seconds."""
-    start = time.monotonic()
-    while not condition():
-        assert time.monotonic() - start < within, f"not within {within}s: {what}"
-        time.sleep(0.01)
-
-
 def on_each(
     balancers: list[BalancerProcess],
     condition: Callable[[BalancerProcess], bool],
     within: float,
     what: str,
 ) -> None:
-    """`until` the condition holds on every one of `balancers`, timed from now."""
+    """`eventually` the condition holds on every one of `balancers`, timed from now."""
     start = time.monotonic()
     for balancer in balancers:
         left = within - (time.monotonic() - start)
-        until(partial(condition, balancer), left, f"{balancer.url}: {what}")
+        eventually(partial(condition, balancer), left, f"{balancer.url}: {what}")
 
 
 def readyz(balancer: BalancerProcess) -> dict[str, Any]:
@@ -105,11 +94,11 @@ def readyz(balancer: BalancerProcess) -> dict[str, Any]:
 
 
 def gauge(balancer: BalancerProcess, name: str) -> float:
-    """A metric without labels, from its /metrics."""
-    for line in httpx.get(f"{balancer.url}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"no {name}")
+    """A metric without labels, from its /metrics; fails if it has none."""
+    with balancer.client() as client:
+        values = metric_values(client, name)
+    assert values, f"no {name}"
+    return sum(values)
 
 
 def replicas(balancer: BalancerProcess) -> float:
@@ -156,7 +145,7 @@ def test_a_restarted_replica_comes_back_in_sync(
     ]
     for registration in registrations[:3]:
         assert register(a, registration).status_code == 200
-    until(lambda: len(listed(b, model)) == 3, PROPAGATION, "b has the first three")
+    eventually(lambda: len(listed(b, model)) == 3, PROPAGATION, "b has the first three")
 
     b.stop()
     # While b is away: two more on a, one of the first taken offline on c.
@@ -171,7 +160,7 @@ def test_a_restarted_replica_comes_back_in_sync(
     assert listed(restarted, model) == expected
     # And it follows the others again.
     assert register(c, registrations[5]).status_code == 200
-    until(lambda: len(listed(restarted, model)) == 5, PROPAGATION, "the restarted one follows")
+    eventually(lambda: len(listed(restarted, model)) == 5, PROPAGATION, "the restarted one follows")
 
 
 def test_a_redis_outage_under_load_fails_no_request_and_loses_no_registration(
@@ -187,55 +176,52 @@ def test_a_redis_outage_under_load_fails_no_request_and_loses_no_registration(
     before = [listed(balancer) for balancer in fleet]
     assert before[0] == before[1] == before[2]
 
-    statuses: list[int] = []
-    stop = threading.Event()
+    def question(i: int) -> dict[str, Any]:
+        return {"input": f"q{i}", "model_name": model}
 
-    def load(balancer: BalancerProcess) -> None:
-        with httpx.Client(base_url=balancer.url, timeout=10) as client:
-            for i in range(2000):  # bounded: the outage below takes a few seconds
-                if stop.is_set():
-                    return
-                reply = client.post(
-                    "/api/v1/chat/completions", json={"input": f"q{i}", "model_name": model}
+    with ExitStack() as loads:
+        running = [
+            # One client each, bounded: the outage below takes a few seconds.
+            loads.enter_context(
+                Load(
+                    balancer.url,
+                    question,
+                    path="/api/v1/chat/completions",
+                    clients=1,
+                    limit=2000,
+                    timeout=10,
                 )
-                statuses.append(reply.status_code)
+            )
+            for balancer in fleet
+        ]
+        time.sleep(0.3)
+        redis_module.stop()
+        on_each(fleet, lambda r: "store" in readyz(r), 5.0, "notices")
+        for balancer in fleet:
+            ready = httpx.get(f"{balancer.url}/readyz")
+            assert ready.status_code == 200
+            assert ready.json()["store"] == "unavailable"
+            assert gauge(balancer, "balancer_store_up") == 0
+        refused = [
+            register(balancer, openai_registration(unique_model("during"), workers[0]))
+            for balancer in fleet
+        ]
+        refused += [offline(balancer, openai_registration(model, workers[0])) for balancer in fleet]
+        assert {reply.status_code for reply in refused} == {503}
+        assert all("store cannot be reached" in reply.text for reply in refused)
+        time.sleep(0.5)
 
-    with ThreadPoolExecutor(len(fleet)) as pool:
-        running = [pool.submit(load, balancer) for balancer in fleet]
-        try:
-            time.sleep(0.3)
-            redis_module.stop()
-            on_each(fleet, lambda r: "store" in readyz(r), 5.0, "notices")
-            for balancer in fleet:
-                ready = httpx.get(f"{balancer.url}/readyz")
-                assert ready.status_code == 200
-                assert ready.json()["store"] == "unavailable"
-                assert gauge(balancer, "balancer_store_up") == 0
-            refused = [
-                register(balancer, openai_registration(unique_model("during"), workers[0]))
-                for balancer in fleet
-            ]
-            refused += [
-                offline(balancer, openai_registration(model, workers[0])) for balancer in fleet
-            ]
-            assert {reply.status_code for reply in refused} == {503}
-            assert all("store cannot be reached" in reply.text for reply in refused)
-            time.sleep(0.5)
+        redis_module.start()
+        on_each(fleet, lambda r: "store" not in readyz(r), 10.0, "catches up")
+        for balancer in fleet:
+            assert gauge(balancer, "balancer_store_up") == 1
+            assert gauge(balancer, "balancer_store_outages_total") == 1
+            events = balancer.log.read_text()
+            assert '"event":"store_unavailable"' in events
+            assert '"event":"store_available"' in events
+        time.sleep(0.3)
 
-            redis_module.start()
-            on_each(fleet, lambda r: "store" not in readyz(r), 10.0, "catches up")
-            for balancer in fleet:
-                assert gauge(balancer, "balancer_store_up") == 1
-                assert gauge(balancer, "balancer_store_outages_total") == 1
-                events = balancer.log.read_text()
-                assert '"event":"store_unavailable"' in events
-                assert '"event":"store_available"' in events
-            time.sleep(0.3)
-        finally:
-            stop.set()
-            for future in running:
-                future.result()
-
+    statuses = [status for load in running for status in load.statuses]
     assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}
     after = [listed(balancer) for balancer in fleet]
     assert after == before

@@ -12,11 +12,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from balancer.fakes.processes import BalancerProcess, WorkerProcess
 from balancer.forwarding.openai_format import estimate_tokens
-from tests.e2e.conftest import openai_registration, unique_model
+from tests.e2e.conftest import metric, openai_registration, openai_sdk, unique_model
 
 PLAIN: dict[str, Any] = {
     "spaced_json": False,
@@ -69,23 +68,8 @@ def register(client: httpx.Client, worker: WorkerProcess, **fields: Any) -> str:
     return model
 
 
-def sdk(balancer: BalancerProcess) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{balancer.url}/v1", api_key="x", max_retries=0)
-
-
 def user(content: str) -> list[Any]:
     return [{"role": "user", "content": content}]
-
-
-def metric(client: httpx.Client, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` with these labels, as Prometheus reads /metrics."""
-    text = client.get("/metrics").text
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name and labels.items() <= sample.labels.items()
-    )
 
 
 def metric_reaches(
@@ -107,7 +91,7 @@ def test_a_stream_in_any_shape_reaches_the_sdk_clean_and_is_measured(
     raise IndexError on it) and counted; the first token is seen."""
     model = register(client, writing(worker, **shape))
 
-    stream = sdk(balancer).chat.completions.create(
+    stream = openai_sdk(balancer).chat.completions.create(
         model=model, messages=user("count these words"), stream=True
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
@@ -167,7 +151,7 @@ def test_replies_name_the_model_the_client_asked_for(
     """The worker is asked for `fake-model` and answers with that name: the client, which
     asked for its own, gets its own back, in bodies and in every chunk of a stream."""
     model = register(client, writing(worker, spaced_json=spaced_json), upstream_model="fake-model")
-    openai_client = sdk(balancer)
+    openai_client = openai_sdk(balancer)
 
     completion = openai_client.chat.completions.create(model=model, messages=user("hi"))
     chunks = list(
@@ -186,7 +170,7 @@ def test_models_retrieve_answers_a_registered_model_and_404_for_others(
     client: httpx.Client, balancer: BalancerProcess, worker: WorkerProcess
 ) -> None:
     model = register(client, worker, model=unique_model("org/model"))  # ids hold slashes
-    openai_client = sdk(balancer)
+    openai_client = openai_sdk(balancer)
 
     retrieved = openai_client.models.retrieve(model)
 

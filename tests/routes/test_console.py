@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.inprocess import InProcess, eventually, in_process
+from tests.inprocess import InProcess, drain_while_in_flight, eventually, in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -141,12 +141,7 @@ async def test_secrets_are_redacted_exactly_as_in_the_listing(lb: InProcess) -> 
 async def test_a_draining_worker_is_shown_draining(lb: InProcess) -> None:
     url = lb.worker("slow", latency=0.3)
     await lb.register_openai("m", url)
-    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-    pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=body))
-    await eventually(lambda: next(iter(lb.parts.registry)).inflight == 1)
-    await lb.client.post(
-        "/api/server/drain", json={"model_name": "m", "req_url_template": f"{url}/v1"}
-    )
+    pending = await drain_while_in_flight(lb, "m", url)
     [model] = (await live(lb))["models"]
     assert model["workers"][0]["status"] == "draining"
     assert model["counts"]["draining"] == 1

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.inprocess import InProcess, eventually, in_process
+from tests.inprocess import InProcess, drain_while_in_flight, eventually, in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -65,9 +65,7 @@ async def test_requests_in_flight_finish_and_new_ones_go_elsewhere(lb: InProcess
 async def test_a_model_whose_only_worker_drains_refuses_new_requests(lb: InProcess) -> None:
     url = lb.worker("slow", latency=0.3)
     await lb.register_openai("m", url)
-    first = asyncio.create_task(lb.client.post("/v1/chat/completions", json=chat("m")))
-    await eventually(lambda: lb.parts.registry.workers_of("m")[0].inflight == 1)  # type: ignore[index]
-    await lb.client.post("/api/server/drain", json=target(url))
+    first = await drain_while_in_flight(lb, "m", url)
     refused = await lb.client.post("/v1/chat/completions", json=chat("m"))
     assert refused.status_code == 503
     assert (await first).status_code == 200
@@ -76,9 +74,7 @@ async def test_a_model_whose_only_worker_drains_refuses_new_requests(lb: InProce
 async def test_registering_again_takes_a_draining_worker_back(lb: InProcess) -> None:
     url = lb.worker("slow", latency=0.3)
     await lb.register_openai("m", url, owner="w")
-    pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=chat("m")))
-    await eventually(lambda: lb.parts.registry.workers_of("m")[0].inflight == 1)  # type: ignore[index]
-    await lb.client.post("/api/server/drain", json=target(url))
+    pending = await drain_while_in_flight(lb, "m", url)
     assert (await statuses(lb))["w"] == "draining"
     await lb.register_openai("m", url, owner="w")
     assert (await statuses(lb))["w"] != "draining"
@@ -90,9 +86,7 @@ async def test_registering_again_takes_a_draining_worker_back(lb: InProcess) -> 
 async def test_draining_twice_is_no_error(lb: InProcess) -> None:
     url = lb.worker("slow", latency=0.3)
     await lb.register_openai("m", url)
-    pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=chat("m")))
-    await eventually(lambda: lb.parts.registry.workers_of("m")[0].inflight == 1)  # type: ignore[index]
-    assert (await lb.client.post("/api/server/drain", json=target(url))).status_code == 200
+    pending = await drain_while_in_flight(lb, "m", url)  # drained once, with 200
     again = await lb.client.post("/api/server/drain", json=target(url))
     assert again.status_code == 200
     assert "already draining" in again.json()["msg"]
@@ -177,10 +171,7 @@ async def test_a_stream_in_flight_is_relayed_to_its_end_before_the_worker_goes(
 ) -> None:
     url = lb.worker("streamer", chunks=6, chunk_delay=0.05)
     await lb.register_openai("m", url)
-    body = {**chat("m"), "stream": True}
-    pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=body))
-    await eventually(lambda: next(iter(lb.parts.registry)).inflight == 1)
-    await lb.client.post("/api/server/drain", json=target(url))
+    pending = await drain_while_in_flight(lb, "m", url, stream=True)
     await asyncio.sleep(0.1)
     assert next(iter(lb.parts.registry)).draining  # still there: its stream goes on
     reply = await pending

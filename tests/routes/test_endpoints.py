@@ -25,11 +25,6 @@ pytestmark = pytest.mark.anyio
 AUDIO = b"RIFF" + bytes(range(256)) * 8
 
 
-@pytest.fixture
-def sdk(lb: InProcess) -> openai.AsyncOpenAI:
-    return lb.sdk()
-
-
 def picture_text(b64: str | None) -> str:
     assert b64 is not None
     return base64.b64decode(b64)[8:].decode()
@@ -105,11 +100,8 @@ async def test_a_response_whose_first_worker_refuses_is_served_by_the_next(
     await lb.register_openai("m", lb.worker("up"))
     for stream in (False, True, False, True):
         if stream:
-            events = [
-                e async for e in await sdk.responses.create(model="m", input="x", stream=True)
-            ]
-            assert events[-1].type == "response.completed"
-            assert events[-1].response.output_text == "[up] x"
+            _, completed = await streamed(sdk, model="m", input="x")
+            assert completed.output_text == "[up] x"
         else:
             response = await sdk.responses.create(model="m", input="x")
             assert response.output_text == "[up] x"

@@ -13,11 +13,6 @@ from tests.inprocess import InProcess
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def sdk(lb: InProcess) -> openai.AsyncOpenAI:
-    return lb.sdk()
-
-
 def user(content: str) -> list[Any]:
     return [{"role": "user", "content": content}]
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from tests.inprocess import InProcess, eventually, in_process
+from tests.inprocess import InProcess, drain_while_in_flight, eventually, in_process
 
 pytestmark = pytest.mark.anyio
 
@@ -51,12 +49,7 @@ async def test_readyz_for_a_model_whose_only_healthy_worker_drains_is_503() -> N
         url = lb.worker("slow", latency=0.3)
         await lb.register_openai("m", url)
         await eventually(lambda: next(iter(lb.parts.registry)).status == "healthy")
-        body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-        pending = asyncio.create_task(lb.client.post("/v1/chat/completions", json=body))
-        await eventually(lambda: next(iter(lb.parts.registry)).inflight == 1)
-        await lb.client.post(
-            "/api/server/drain", json={"model_name": "m", "req_url_template": f"{url}/v1"}
-        )
+        pending = await drain_while_in_flight(lb, "m", url)
         reply = await lb.client.get("/readyz", params={"model": "m"})
         assert reply.status_code == 503
         assert "draining" in reply.json()["reason"]

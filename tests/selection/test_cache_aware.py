@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import random
 
-from balancer.registry import Worker, parse_spec
+from balancer.registry import Worker
 from balancer.selection import Selector
 from balancer.selection.cache_aware import CacheAware
 from balancer.selection.prompt_key import prompt_key
 from probes.engine_metrics import EngineLoad
+from tests.forwarding.helpers import openai_spec
 
 SYSTEM = "You are a support agent for ACME. Answer politely and precisely. " * 20  # ~1,300 chars
 
 
 def worker(port: int) -> Worker:
-    return Worker(
-        parse_spec({"model_name": "m", "api": "openai", "req_url_template": f"http://h:{port}/v1"})
-    )
+    return Worker(openai_spec(f"h:{port}"))
 
 
 def fleet(n: int = 4) -> list[Worker]:

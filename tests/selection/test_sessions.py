@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import random
 
-from balancer.registry import Worker, parse_spec
+from balancer.registry import Worker
 from balancer.selection import Selector
 from balancer.selection.sessions import Sessions, session_of
 from tests.conftest import FakeClock
+from tests.forwarding.helpers import openai_spec
 
 
 def fleet(n: int = 3) -> list[Worker]:
-    return [
-        Worker(
-            parse_spec({"model_name": "m", "api": "openai", "req_url_template": f"http://h:{i}/v1"})
-        )
-        for i in range(1, n + 1)
-    ]
+    return [Worker(openai_spec(f"h:{i}")) for i in range(1, n + 1)]
 
 
 def selector(clock: FakeClock, **options: float) -> Selector:
